@@ -1,0 +1,166 @@
+r"""Run configuration: presets, ``--set`` overrides and validation.
+
+A run is fully described by a :class:`RunConfig`. :func:`resolve` builds one from a target's
+preset (``smoke``, ``quick`` or ``paper``; see :attr:`sesamo_bench.target.Target.presets`), the
+per-method overrides of that preset and user overrides (``--set key=value`` or a
+``benchmarks.toml`` table). Keys are either training/architecture fields of :class:`RunConfig`,
+target parameters (``beta``), or ``symmetry.<param>``; anything else is an error naming the
+allowed keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, UnknownNameError
+from .registry import _coerce, parameters
+
+PRESETS = ("smoke", "quick", "paper")
+DTYPES = ("auto", "float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines one training run (target x method x seed)."""
+
+    target: str
+    method: str
+    seed: int = 0
+    preset: str = "quick"
+    target_params: dict[str, Any] = field(default_factory=dict)
+    symmetry: str | None = None
+    symmetry_params: dict[str, Any] = field(default_factory=dict)
+    # training (paper App. I)
+    steps: int = 1000
+    batch_size: int = 1024
+    lr: float = 5e-4
+    gamma: float = 0.5
+    penalty_a: float = 1000.0
+    penalty_b: float = 100.0
+    lr_factor: float = 0.92
+    lr_patience: int = 2000
+    lr_window: int = 100
+    lr_min: float = 1e-6
+    grad_clip: float = 0.0
+    # evaluation and bookkeeping
+    eval_every: int = 100
+    eval_samples: int = 4096
+    final_samples: int = 65536
+    save_samples: int = 20000
+    checkpoint_every: int = 500
+    # architecture (paper Table 3)
+    couplings: int = 6
+    hidden_layers: int = 4
+    width: int = 40
+    activation: str = "relu"
+    scale_bound: float = 3.0
+    prior_mean: float = 0.0
+    prior_var: float = 1.0
+    # execution
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+
+    def arch(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def label(self) -> str:
+        sweep = ",".join(f"{k}={v}" for k, v in sorted(self.target_params.items()))
+        return f"{self.target}/{self.method}/seed{self.seed}" + (f" [{sweep}]" if sweep else "")
+
+
+HYPER = {f.name: f.default for f in dataclasses.fields(RunConfig)
+         if f.name not in ("target", "method", "seed", "preset", "target_params", "symmetry", "symmetry_params")}
+
+#: allowed range of each numeric hyperparameter: (lower, lower inclusive, upper)
+RANGES: dict[str, tuple[float, bool, float | None]] = {
+    "steps": (1, True, None), "batch_size": (1, True, None), "lr": (0, False, None),
+    "gamma": (0, True, 1.0), "penalty_a": (0, True, None), "penalty_b": (0, True, None),
+    "lr_factor": (0, False, 1.0), "lr_patience": (1, True, None), "lr_window": (2, True, None),
+    "lr_min": (0, True, None), "grad_clip": (0, True, None), "eval_every": (1, True, None),
+    "eval_samples": (2, True, None), "final_samples": (2, True, None), "save_samples": (0, True, None),
+    "checkpoint_every": (1, True, None), "couplings": (1, True, None), "hidden_layers": (0, True, None),
+    "width": (1, True, None), "scale_bound": (0, False, None), "prior_var": (0, False, None),
+}
+
+
+def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
+    """Coerce ``value`` to the type of hyperparameter ``key`` and check its range."""
+    value = _coerce(value, HYPER[key], key, where)
+    if key in RANGES:
+        lo, inclusive, hi = RANGES[key]
+        ok = (value >= lo if inclusive else value > lo) and (hi is None or value <= hi)
+        if not ok:
+            rng = f"{'>=' if inclusive else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            raise ConfigError(f"{where}: '{key}' must be {rng}, got {value!r}")
+    if key == "dtype" and value not in DTYPES:
+        raise ConfigError(f"{where}: 'dtype' must be one of {', '.join(DTYPES)}, got {value!r}")
+    if key == "device" and value not in DEVICES:
+        raise ConfigError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {value!r}")
+    return value
+
+
+def split_overrides(overrides: dict[str, Any], target_cls: type, where: str = "--set") -> tuple[dict, dict, dict]:
+    """Sort ``key=value`` overrides into (hyperparameters, target parameters, symmetry parameters)."""
+    hyper, tparams, sparams = {}, {}, {}
+    tschema = parameters(target_cls)
+    for key, value in overrides.items():
+        if key.startswith("symmetry."):
+            sparams[key.split(".", 1)[1]] = value
+        elif key.startswith("target."):
+            k = key.split(".", 1)[1]
+            if k not in tschema:
+                raise ConfigError(f"{where}: unknown target parameter '{k}' of '{target_cls.name}'. "
+                                  f"Allowed: {', '.join(sorted(tschema))}")
+            tparams[k] = value
+        elif key in tschema:
+            tparams[key] = value
+        elif key in HYPER:
+            hyper[key] = check_hyper(key, value, where)
+        else:
+            allowed = sorted(set(tschema) | set(HYPER))
+            raise ConfigError(f"{where}: unknown key '{key}'. Allowed: {', '.join(allowed)}, symmetry.<param>")
+    return hyper, tparams, sparams
+
+
+def preset_values(target_cls: type, preset: str, method: str) -> dict[str, Any]:
+    """The hyperparameters a target's preset gives one method."""
+    if preset not in PRESETS:
+        raise UnknownNameError("preset", preset, list(PRESETS))
+    table = dict(target_cls.presets.get(preset, {}))
+    per_method = table.pop("methods", {})
+    table.update(per_method.get(method, {}))
+    return table
+
+
+def resolve(target: str, method: str, *, seed: int = 0, preset: str = "quick",
+            overrides: dict[str, Any] | None = None, method_overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Build and validate the configuration of one run (nothing is trained or written)."""
+    from . import plugins
+    from .methods import method_class
+
+    tcls = plugins.targets.get(target)
+    method_class(method)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    values = {k: check_hyper(k, v, f"preset '{preset}' of target '{target}'")
+              for k, v in preset_values(tcls, preset, method).items()}
+    hyper, tparams, sparams = split_overrides(dict(overrides or {}), tcls)
+    h2, t2, s2 = split_overrides(dict(method_overrides or {}), tcls, f"--set for method '{method}'")
+    values.update(hyper)
+    values.update(h2)
+    tparams.update(t2)
+    sparams.update(s2)
+    return RunConfig(target=target, method=method, seed=seed, preset=preset, target_params=tparams,
+                     symmetry_params=sparams, **values)

@@ -1,0 +1,182 @@
+r"""RealNVP: affine coupling layers with MLP conditioners and a bounded scale (Dinh et al. 2017).
+
+Conventions follow zuko: every transform returns its value together with ``ladj``, the log
+absolute determinant of its Jacobian, computed in the input's dtype. Inputs are flat
+``(N, D)`` tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, InputOutsideDomain
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU}
+
+
+def mlp(n_in: int, n_out: int, *, hidden_layers: int, width: int, activation: str) -> nn.Sequential:
+    """``hidden_layers`` hidden layers of ``width`` units; the output layer starts at zero, so a
+    fresh coupling is the identity."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"Unknown activation '{activation}'. Available: {', '.join(sorted(ACTIVATIONS))}")
+    layers: list[nn.Module] = []
+    d = n_in
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(d, width), ACTIVATIONS[activation]()]
+        d = width
+    last = nn.Linear(d, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    layers.append(last)
+    return nn.Sequential(*layers)
+
+
+class AffineCoupling(nn.Module):
+    r"""x_b -> x_b * exp(s(x_a)) + t(x_a), with s = bound * tanh(raw / bound).
+
+    One MLP produces s and t together. The flow keeps the two halves as separate tensors
+    (:class:`RealNVP` alternates which half conditions), so no gather happens inside the flow.
+
+    Arguments:
+        n_cond: size of the conditioning half x_a (may be 0: s and t are then learned constants).
+        n_out: size of the transformed half x_b.
+        scale_bound: bound on |s| per layer.
+    """
+
+    def __init__(self, n_cond: int, n_out: int, *, hidden_layers: int, width: int, activation: str,
+                 scale_bound: float):
+        super().__init__()
+        self.n_out, self.bound = n_out, scale_bound
+        if n_cond > 0:
+            self.net = mlp(n_cond, 2 * n_out, hidden_layers=hidden_layers, width=width, activation=activation)
+        else:
+            self.net = None
+            self.const = nn.Parameter(torch.zeros(2 * n_out))
+
+    def _params(self, xa: Tensor) -> tuple[Tensor, Tensor]:
+        raw = self.net(xa) if self.net is not None else self.const.to(xa).expand(xa.shape[0], -1)
+        s, t = raw.split(self.n_out, dim=-1)
+        s = self.bound * torch.tanh(s / self.bound)
+        return s, t
+
+    def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._params(xa)
+        return torch.addcmul(t, xb, s.exp()), s.sum(-1)
+
+    def inverse(self, xa: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._params(xa)
+        return (yb - t) * torch.exp(-s), -s.sum(-1)
+
+
+def partition(shape: tuple[int, ...]) -> Tensor:
+    """Checkerboard split of a field of this shape: parity of the sum of the site's indices."""
+    grids = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
+    return (sum(grids) % 2 == 0).reshape(-1) if shape else torch.ones(1, dtype=torch.bool)
+
+
+class RealNVP(nn.Module):
+    r"""A stack of ``couplings`` affine couplings on R^D alternating a checkerboard split.
+
+    Arguments:
+        dim: D.
+        shape: field shape used for the checkerboard split (defaults to ``(dim,)``).
+        couplings, hidden_layers, width, activation: the paper's N_C, N_L, N_N and activation.
+        scale_bound: bound of the per-layer log-scale.
+
+    Example:
+        >>> f = RealNVP(4, couplings=2, hidden_layers=1, width=8).double()
+        >>> z = torch.randn(3, 4, dtype=torch.float64)
+        >>> x, ladj = f(z)
+        >>> torch.allclose(f.inverse(x)[0], z)
+        True
+    """
+
+    def __init__(self, dim: int, *, shape: tuple[int, ...] | None = None, couplings: int = 6,
+                 hidden_layers: int = 4, width: int = 40, activation: str = "relu",
+                 scale_bound: float = 3.0):
+        super().__init__()
+        shape = tuple(shape) if shape is not None else (dim,)
+        if math.prod(shape) != dim:
+            raise ConfigError(f"RealNVP: shape {shape} does not have {dim} components")
+        self.dim = dim
+        mask = partition(shape)
+        idx_a, idx_b = torch.nonzero(mask).squeeze(-1), torch.nonzero(~mask).squeeze(-1)
+        self.register_buffer("perm", torch.cat([idx_a, idx_b]), persistent=False)
+        self.register_buffer("inv_perm", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
+        self.na, self.nb = len(idx_a), len(idx_b)
+        self.layers = nn.ModuleList()
+        for k in range(couplings):
+            n_cond, n_out = (self.na, self.nb) if k % 2 == 0 else (self.nb, self.na)
+            if n_out == 0:
+                n_cond, n_out = 0, n_cond
+            self.layers.append(AffineCoupling(n_cond, n_out, hidden_layers=hidden_layers, width=width,
+                                              activation=activation, scale_bound=scale_bound))
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise InputOutsideDomain(f"Expected input shape (N, {self.dim}); got {tuple(x.shape)}")
+
+    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x[:, self.perm]
+        return x[:, : self.na], x[:, self.na:]
+
+    def _join(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([a, b], -1)[:, self.inv_perm]
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """x = g(z) and ln|det dg/dz|, shapes ``(N, D)`` and ``(N,)``."""
+        self._check(z)
+        a, b = self._halves(z)
+        ladj = z.new_zeros(z.shape[0])
+        for k, layer in enumerate(self.layers):
+            if self.nb == 0:
+                a, l = layer(a[:, :0], a)
+            elif k % 2 == 0:
+                b, l = layer(a, b)
+            else:
+                a, l = layer(b, a)
+            ladj = ladj + l
+        return self._join(a, b), ladj
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """z = g^{-1}(x) and ln|det dg^{-1}/dx|."""
+        self._check(x)
+        a, b = self._halves(x)
+        ladj = x.new_zeros(x.shape[0])
+        for k in reversed(range(len(self.layers))):
+            layer = self.layers[k]
+            if self.nb == 0:
+                a, l = layer.inverse(a[:, :0], a)
+            elif k % 2 == 0:
+                b, l = layer.inverse(a, b)
+            else:
+                a, l = layer.inverse(b, a)
+            ladj = ladj + l
+        return self._join(a, b), ladj
+
+
+class GaussianPrior(nn.Module):
+    r"""Isotropic Gaussian q_0 = N(mean, var I) on R^D.
+
+    Arguments:
+        dim: D.
+        mean, var: scalar mean and variance (paper Table 3).
+    """
+
+    def __init__(self, dim: int, *, mean: float = 0.0, var: float = 1.0):
+        super().__init__()
+        if not var > 0:
+            raise ConfigError(f"prior_var must be > 0, got {var}")
+        self.dim, self.mean, self.var = dim, float(mean), float(var)
+        self.register_buffer("_ref", torch.zeros(()), persistent=False)
+
+    def sample(self, n: int, *, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or self._ref.dtype
+        return self.mean + math.sqrt(self.var) * torch.randn(n, self.dim, dtype=dtype, device=self._ref.device)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        d = z - self.mean
+        return -0.5 * (d * d).sum(-1) / self.var - 0.5 * self.dim * math.log(2 * math.pi * self.var)

@@ -1,0 +1,36 @@
+r"""Training objective: the penalty of paper Eq. (11) and the self-reparametrized KL of Eq. (18)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def penalty(lam: Tensor, *, a: float = 1000.0, b: float = 100.0) -> Tensor:
+    r"""Lambda(x) = A sigmoid(B lambda(x)) Theta(lambda(x)) (paper Eq. 11), shape of ``lam``."""
+    return torch.where(lam > 0, a * torch.sigmoid(b * lam), torch.zeros_like(lam))
+
+
+def log_weights(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """ln w = -f[x] - ln q(x), shape ``(N,)``."""
+    return log_p - log_q
+
+
+def self_reparametrized_kl(log_w: Tensor, pen: Tensor | None = None, *, gamma: float = 0.5) -> Tensor:
+    r"""Monte-Carlo estimate of paper Eq. (18).
+
+    mean_i[-ln w_i + Lambda_i] + gamma (ln sum_j w_j - ln N); gamma = 0 is the reverse KL (ELBO).
+
+    Arguments:
+        log_w: log importance weights ``(N,)``.
+        pen: penalty values ``(N,)`` or ``None``.
+        gamma: weight of the ln Z-hat term, in [0, 1].
+    """
+    loss = -log_w.mean()
+    if pen is not None:
+        loss = loss + pen.mean()
+    if gamma:
+        loss = loss + gamma * (torch.logsumexp(log_w, 0) - math.log(log_w.shape[0]))
+    return loss

@@ -1,0 +1,194 @@
+r"""The three ways of building a flow sampler compared by the suite (paper Sec. 2-3).
+
+- :class:`NaiveRealNVP` (``realnvp``): x = g(z).
+- :class:`Canonicalization` (``canonicalization``, Sec. 2.3.2): z_c, u = C(z); x = T_u g(z_c).
+  Finite groups only; the prior must be invariant (mean 0).
+- :class:`SESaMo` (``sesamo``, Sec. 3.1, App. E-F): y = g(z) in the canonical cell, u ~ p_S,
+  x = T_u y; p_S learnable for broken symmetries.
+
+Every method returns a :class:`Sample` with the log density along the sampling path (what the
+training objective uses) and offers :meth:`Method.log_prob`, the exact density at any x: for
+SESaMo and canonicalization a sum over all preimages, which stays correct when the flow leaves
+its cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import IncompatibleError, UnknownNameError
+from .flows import GaussianPrior, RealNVP
+from .symmetry import Symmetry
+
+
+@dataclass
+class Sample:
+    """One batch drawn from a method.
+
+    Attributes:
+        x: configurations ``(N, *shape)``.
+        log_q: ln q(x) along the sampling path ``(N,)``.
+        cell: the points the penalty is applied to ``(N, *shape)`` (``None`` without a cell).
+        u: group elements ``(N,)`` (``None`` for the naive flow).
+    """
+
+    x: Tensor
+    log_q: Tensor
+    cell: Tensor | None = None
+    u: Tensor | None = None
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+class Method(nn.Module):
+    r"""Base class: a prior, a RealNVP flow and (optionally) a symmetry.
+
+    Arguments:
+        shape: field shape of the target.
+        symmetry: a bound :class:`~sesamo_bench.symmetry.Symmetry` (unused by ``realnvp``).
+        arch: RealNVP keyword arguments (couplings, hidden_layers, width, activation, scale_bound).
+        prior_mean, prior_var: the Gaussian prior's parameters.
+    """
+
+    name: ClassVar[str] = ""
+    needs_symmetry: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.name:
+            METHODS[cls.name] = cls
+
+    def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, arch: dict[str, Any],
+                 prior_mean: float = 0.0, prior_var: float = 1.0):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.symmetry = symmetry
+        dim = self.flow_dim()
+        flow_shape = self.shape if dim == _prod(self.shape) else (dim,)
+        self.prior = GaussianPrior(dim, mean=prior_mean, var=prior_var)
+        self.flow = RealNVP(dim, shape=flow_shape, **arch)
+
+    def flow_dim(self) -> int:
+        return _prod(self.shape)
+
+    def _field(self, y: Tensor) -> Tensor:
+        return y.reshape(y.shape[0], *self.shape)
+
+    def sample(self, n: int) -> Sample:
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact ln q(x) for configurations ``(N, *shape)``."""
+        raise NotImplementedError
+
+    def breaking_ratio(self) -> float | None:
+        return self.symmetry.breaking_ratio() if self.symmetry is not None and self.uses_modulation else None
+
+    def probabilities(self) -> list[float] | None:
+        return self.symmetry.probabilities() if self.symmetry is not None and self.uses_modulation else None
+
+    uses_modulation: ClassVar[bool] = False
+
+
+class NaiveRealNVP(Method):
+    """Plain RealNVP from a Gaussian prior; ignores the symmetry."""
+
+    name = "realnvp"
+    needs_symmetry = False
+    description = "naive RealNVP: x = g(z)"
+
+    def sample(self, n: int) -> Sample:
+        z = self.prior.sample(n)
+        x, ladj = self.flow(z)
+        return Sample(self._field(x), self.prior.log_prob(z) - ladj)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        z, ladj = self.flow.inverse(x.reshape(x.shape[0], -1))
+        return self.prior.log_prob(z) + ladj
+
+
+class Canonicalization(Method):
+    """Equivariant flow by canonicalization: x = T_u g(C z) (paper Eq. 23); finite groups."""
+
+    name = "canonicalization"
+    description = "canonicalize the prior sample, flow inside the cell, map back"
+
+    def __init__(self, shape, symmetry, **kw):
+        if symmetry is None or not symmetry.finite:
+            what = "no symmetry" if symmetry is None else f"the continuous symmetry '{symmetry.name}'"
+            raise IncompatibleError(
+                f"canonicalization needs a finite symmetry group, got {what}; use 'sesamo' or 'realnvp'"
+            )
+        if kw.get("prior_mean", 0.0) != 0.0:
+            raise IncompatibleError("canonicalization needs an invariant prior: prior_mean must be 0")
+        super().__init__(shape, symmetry, **kw)
+
+    def sample(self, n: int) -> Sample:
+        z = self.prior.sample(n)
+        zc, u = self.symmetry.canonicalize(self._field(z))
+        y, ladj = self.flow(zc.reshape(n, -1))
+        y = self._field(y)
+        return Sample(self.symmetry.act(y, u), self.prior.log_prob(z) - ladj, y, u)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        terms = []
+        for y, u in self.symmetry.preimages(x):
+            zc, ladj = self.flow.inverse(y.reshape(y.shape[0], -1))
+            inside = self.symmetry.penalty_fn(self._field(zc)) <= 0
+            z = self.symmetry.act(self._field(zc), u).reshape(x.shape[0], -1)
+            lp = self.prior.log_prob(z) + ladj
+            terms.append(torch.where(inside, lp, torch.full_like(lp, -torch.inf)))
+        return torch.logsumexp(torch.stack(terms), 0)
+
+
+class SESaMo(Method):
+    """Symmetry-enforcing stochastic modulation: x = T_u g(z), u ~ p_S (paper Eq. 13-15)."""
+
+    name = "sesamo"
+    description = "flow into one cell, then a (learnable) stochastic modulation picks the group element"
+    uses_modulation = True
+
+    def __init__(self, shape, symmetry, **kw):
+        if symmetry is None:
+            raise IncompatibleError("sesamo needs a symmetry")
+        super().__init__(shape, symmetry, **kw)
+
+    def flow_dim(self) -> int:
+        return self.symmetry.flow_dim(_prod(self.shape))
+
+    def sample(self, n: int) -> Sample:
+        z = self.prior.sample(n)
+        yf, ladj = self.flow(z)
+        y = self.symmetry.embed(yf, self.shape)
+        u, log_pu = self.symmetry.modulation.sample_and_log_prob(n, like=yf)
+        x = self.symmetry.act(y, u)
+        log_q = self.prior.log_prob(z) - ladj + log_pu - self.symmetry.modulation_ladj(y)
+        return Sample(x, log_q, y, u)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        terms = []
+        for y, u in self.symmetry.preimages(x):
+            z, ladj = self.flow.inverse(self.symmetry.unembed(y))
+            terms.append(self.prior.log_prob(z) + ladj + self.symmetry.modulation.log_prob(u)
+                         - self.symmetry.modulation_ladj(y))
+        return torch.logsumexp(torch.stack(terms), 0)
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownNameError("method", name, list(METHODS)) from None

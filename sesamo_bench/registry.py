@@ -1,0 +1,193 @@
+r"""Plugin discovery: one symmetry or target per file, found without editing any list.
+
+Plugins come from three places, in this order (a later one with the same name wins):
+
+1. the built-in folders ``symmetries/`` and ``targets/`` next to the ``sesamo_bench`` package;
+2. folders named in the environment variable ``SESAMO_BENCH_PLUGINS`` (``os.pathsep``-separated;
+   each may hold ``symmetries/`` and ``targets/`` sub-folders);
+3. installed packages, through the entry-point groups ``sesamo_bench.symmetries`` and
+   ``sesamo_bench.targets`` (each entry point names a class).
+
+A plugin file is any ``*.py`` file not starting with ``_``. Every class defined in it that
+subclasses the registry's base class and sets a ``name`` is registered. A file that fails to
+import is recorded in :attr:`Registry.errors` (with its file name) and does not break the others.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from .errors import ConfigError, PluginError, UnknownNameError
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plugin_dirs(sub: str) -> list[Path]:
+    """Folders searched for plugins of kind ``sub`` (``"symmetries"`` or ``"targets"``)."""
+    dirs = [ROOT / sub]
+    for extra in filter(None, os.environ.get("SESAMO_BENCH_PLUGINS", "").split(os.pathsep)):
+        p = Path(extra)
+        dirs.append(p / sub if (p / sub).is_dir() else p)
+    return [d for d in dirs if d.is_dir()]
+
+
+class Registry(Generic[T]):
+    r"""Name -> class mapping for one kind of plugin.
+
+    Arguments:
+        kind: singular noun used in messages (``"symmetry"``).
+        base: the base class plugins subclass.
+        folder: sub-folder name searched by :func:`plugin_dirs`.
+        group: entry-point group for installed plugins.
+    """
+
+    def __init__(self, kind: str, base: type, *, folder: str, group: str):
+        self.kind, self.base, self.folder, self.group = kind, base, folder, group
+        self._items: dict[str, type] | None = None
+        self.errors: dict[str, str] = {}
+
+    # discovery -------------------------------------------------------------------------------
+    def _load_file(self, path: Path, found: dict[str, type]) -> None:
+        modname = f"sesamo_bench_plugins.{self.folder}.{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(modname, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[modname] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not raised
+            sys.modules.pop(modname, None)
+            last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            where = f" (line {last[0].lineno})" if last and last[0].filename == str(path) else ""
+            if isinstance(exc, SyntaxError) and exc.lineno:
+                where = f" (line {exc.lineno})"
+            self.errors[str(path)] = f"{path.name}{where}: {type(exc).__name__}: {exc}"
+            return
+        for obj in vars(module).values():
+            if (inspect.isclass(obj) and issubclass(obj, self.base) and obj is not self.base
+                    and obj.__module__ == modname and getattr(obj, "name", None)):
+                found[obj.name] = obj
+
+    def _discover(self) -> dict[str, type]:
+        found: dict[str, type] = {}
+        self.errors = {}
+        for d in plugin_dirs(self.folder):
+            for path in sorted(d.glob("*.py")):
+                if not path.name.startswith("_"):
+                    self._load_file(path, found)
+        for ep in entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001
+                self.errors[f"entry point {ep.name}"] = f"entry point {ep.name}: {type(exc).__name__}: {exc}"
+                continue
+            if inspect.isclass(obj) and issubclass(obj, self.base):
+                found[getattr(obj, "name", ep.name)] = obj
+        return found
+
+    @property
+    def items(self) -> dict[str, type]:
+        if self._items is None:
+            self._items = self._discover()
+        return self._items
+
+    def reload(self) -> None:
+        self._items = None
+
+    # lookup ----------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self.items)
+
+    def get(self, name: str) -> type:
+        try:
+            return self.items[name]
+        except KeyError:
+            broken = [e for e in self.errors.values() if e.startswith(f"{name}.py")]
+            if broken:
+                raise PluginError(f"{self.kind} plugin {broken[0]}") from None
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
+    def create(self, name: str, params: dict[str, Any] | None = None, *, table: str | None = None) -> T:
+        """Instantiate plugin ``name`` with keyword arguments ``params`` (validated)."""
+        cls = self.get(name)
+        return build(cls, params or {}, table=table or f"{self.kind} '{name}'")
+
+
+def parameters(cls: type) -> dict[str, Any]:
+    """A plugin's configuration schema: its keyword-only constructor parameters and defaults."""
+    sig = inspect.signature(cls.__init__)
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in sig.parameters.values()
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def _coerce(value: Any, default: Any, key: str, table: str) -> Any:
+    """Check a configuration value against the type of its default (bool/int/float/str/list)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+        if isinstance(value, str):
+            try:
+                return type(default)(int(v) for v in value.replace(";", ",").split(",") if v.strip())
+            except ValueError:
+                pass
+    else:
+        return value
+    raise ConfigError(
+        f"{table}: '{key}' expects {type(default).__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def build(cls: type, params: dict[str, Any], *, table: str) -> Any:
+    """Instantiate ``cls`` from a configuration table; unknown keys and wrong types are errors."""
+    schema = parameters(cls)
+    unknown = sorted(set(params) - set(schema))
+    if unknown:
+        raise ConfigError(
+            f"{table}: unknown key '{unknown[0]}'. Allowed: {', '.join(sorted(schema)) or '(none)'}"
+        )
+    kwargs = {k: _coerce(v, schema[k], k, table) for k, v in params.items()}
+    try:
+        return cls(**kwargs)
+    except (ConfigError, UnknownNameError):
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{table}: {exc}") from None

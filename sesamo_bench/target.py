@@ -1,0 +1,99 @@
+r"""The target contract: an unnormalised density p(x) = exp(-f[x]) / Z on a real field.
+
+A target plugin is one file in ``targets/`` defining a subclass of :class:`Target` with a
+``name``. Its keyword-only constructor arguments are its configuration schema (a
+``benchmarks.toml`` table or ``--set key=value`` maps onto them). Constructors validate their
+arguments and raise :class:`~sesamo_bench.errors.ConfigError` with the allowed range.
+
+Fields are real tensors of shape ``(N, *shape)``; a complex field on ``L1 x L2`` sites is stored
+as ``(N, L1, L2, 2)`` with the last axis (real, imaginary).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+
+class Target:
+    r"""Base class of targets.
+
+    Class attributes:
+        name: registry name (``"hubbard"``).
+        presets: ``{"smoke" | "quick" | "paper": {key: value}}`` training and architecture
+            hyperparameters (keys of :class:`sesamo_bench.config.RunConfig`), with an optional
+            ``"methods": {method: {key: value}}`` table of per-method overrides.
+        dtype: ``torch.float64`` where the physics needs double precision, else ``None``.
+    """
+
+    name: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    dtype: ClassVar[torch.dtype | None] = None
+
+    #: shape of one configuration (set by the constructor)
+    shape: tuple[int, ...] = ()
+
+    # -- physics --------------------------------------------------------------------------------
+    def action(self, x: Tensor) -> Tensor:
+        r"""The action f[x].
+
+        Arguments:
+            x: configurations, shape ``(N, *shape)``.
+
+        Returns:
+            f[x], shape ``(N,)``, in the dtype of ``x``.
+        """
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Unnormalised log density ``-f[x]``, shape ``(N,)``."""
+        return -self.action(x)
+
+    def symmetry(self) -> tuple[str, dict[str, Any]]:
+        """The symmetry SESaMo and canonicalization use: ``(registry name, parameters)``."""
+        raise NotImplementedError
+
+    def exact_symmetries(self) -> list[tuple[str, dict[str, Any]]]:
+        """Symmetries (name, parameters with ``broken=False``) that leave the action invariant."""
+        return []
+
+    # -- references -----------------------------------------------------------------------------
+    def log_z(self) -> float | None:
+        """Exact ln Z of exp(-f), where known independently, else ``None``."""
+        return None
+
+    def breaking_ratio(self) -> float | None:
+        """Exact breaking ratio R of paper Eq. (39) for :meth:`symmetry`, where known."""
+        return None
+
+    def mode_probabilities(self) -> list[float] | None:
+        """Exact probability of each group element's cell, ordered as the symmetry's elements."""
+        return None
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments this target was built with (stored as same-named attributes)."""
+        from .registry import parameters
+
+        return {k: getattr(self, k) for k in parameters(type(self)) if hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({inner})"
+
+
+def check(cond: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``cond`` holds (validation helper)."""
+    if not cond:
+        raise ConfigError(message)

@@ -1,0 +1,300 @@
+r"""Build a model from a :class:`~sesamo_bench.config.RunConfig`, train it, evaluate it.
+
+Training minimises the self-reparametrized KL (paper Eq. 18) with Adam and the paper's plateau
+rule (App. I): every step the standard deviation of the last ``lr_window`` losses is fed to
+:class:`torch.optim.lr_scheduler.ReduceLROnPlateau`, which multiplies the learning rate by
+``lr_factor`` when it has not improved for ``lr_patience`` steps (floor ``lr_min``).
+
+ESS and ln Z are evaluated under ``no_grad`` every ``eval_every`` steps from the exact density
+(:meth:`~sesamo_bench.methods.Method.log_prob`), and once more at the end on ``final_samples``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import metrics, plugins
+from .config import RunConfig
+from .errors import ConfigError, DivergedError, IncompatibleError
+from .loss import log_weights, penalty, self_reparametrized_kl
+from .methods import Method, method_class
+from .target import Target
+
+
+class Interrupted(Exception):
+    """Raised by :func:`train` when ``should_stop`` asks it to stop; a checkpoint was written."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"interrupted at step {step}")
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' is not available on this machine (torch sees no CUDA GPU); use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda; got {name!r}")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, target: Target) -> torch.dtype:
+    if name == "auto":
+        return target.dtype or torch.float32
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def build_target(cfg: RunConfig) -> Target:
+    return plugins.targets.create(cfg.target, cfg.target_params, table=f"target '{cfg.target}'")
+
+
+def build_symmetry(cfg: RunConfig, target: Target):
+    name, params = target.symmetry()
+    name = cfg.symmetry or name
+    params = {**params, **cfg.symmetry_params} if name == target.symmetry()[0] else dict(cfg.symmetry_params)
+    sym = plugins.symmetries.create(name, params, table=f"symmetry '{name}'")
+    return sym.bind(target.shape)
+
+
+def check_exact(sym, target: Target, *, n: int = 64, dtype=torch.float64, seed: int = 1234) -> None:
+    """A symmetry used as exact must leave the action invariant: checked on random fields."""
+    if getattr(sym, "broken", False):
+        return
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *target.shape, dtype=dtype, generator=gen) * 1.5
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        u = sym.random_elements(n, x)
+    finally:
+        torch.set_rng_state(state)
+    f0, f1 = target.action(x), target.action(sym.act(x, u))
+    tol = 1e-6 * (1 + f0.abs())
+    if not bool(((f0 - f1).abs() <= tol).all()):
+        raise IncompatibleError(
+            f"symmetry '{sym.name}' is declared exact but does not leave the action of target "
+            f"'{target.name}' invariant (set symmetry.broken=true or choose another symmetry)"
+        )
+
+
+def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
+    """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
+    target = build_target(cfg)
+    mcls = method_class(cfg.method)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
+    sym = None
+    if mcls.needs_symmetry or cfg.symmetry:
+        sym = build_symmetry(cfg, target)
+        check_exact(sym, target)
+    kwargs = dict(arch=cfg.arch(), prior_mean=cfg.prior_mean, prior_var=cfg.prior_var)
+    try:
+        model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, (ConfigError, IncompatibleError)):
+            raise
+        raise ConfigError(f"{cfg.method}: {exc}") from None
+    return target, model.to(device=device, dtype=dtype), device, dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    ess: float
+    log_z: float
+    log_z_err: float
+    ess_path: float
+    outside_cell: float
+    x: Tensor | None = None
+    log_w: Tensor | None = None
+
+
+@torch.no_grad()
+def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep: int = 0) -> Evaluation:
+    """ESS and ln Z from ``n`` fresh samples, with the exact density; ``keep`` samples returned."""
+    was = model.training
+    model.eval()
+    lw, lw_path, outside, xs = [], [], 0, []
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        s = model.sample(m)
+        lp = target.log_prob(s.x)
+        lw.append(log_weights(lp, model.log_prob(s.x)).double())
+        lw_path.append(log_weights(lp, s.log_q).double())
+        if s.cell is not None:
+            outside += int((model.symmetry.penalty_fn(s.cell) > 0).sum())
+        if len(xs) * chunk < keep:
+            xs.append(s.x.detach())
+        done += m
+    model.train(was)
+    log_w = torch.cat(lw).cpu()
+    lz, lz_err = metrics.log_z(log_w)
+    x = torch.cat(xs)[:keep].cpu() if keep else None
+    return Evaluation(metrics.ess(log_w), lz, lz_err, metrics.ess(torch.cat(lw_path).cpu()), outside / n,
+                      x, log_w[:keep] if keep else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """What one run produced."""
+
+    config: RunConfig
+    status: str
+    steps: int
+    wall_s: float
+    ess: float | None = None
+    log_z: float | None = None
+    log_z_err: float | None = None
+    ess_path: float | None = None
+    outside_cell: float | None = None
+    breaking_ratio: float | None = None
+    breaking_ratio_exact: float | None = None
+    probabilities: list[float] | None = None
+    probabilities_exact: list[float] | None = None
+    log_z_exact: float | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    error: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    samples: Tensor | None = None
+    sample_log_w: Tensor | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        keys = ("ess", "log_z", "log_z_err", "ess_path", "outside_cell", "breaking_ratio",
+                "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = False,
+          callback: Callable[[dict[str, float]], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> Result:
+    r"""Train one run to completion and evaluate it.
+
+    Arguments:
+        cfg: the run.
+        checkpoint: file for the training state (written every ``checkpoint_every`` steps, on
+            interruption and at the end); ``None`` disables checkpoints.
+        resume: continue from ``checkpoint`` if it exists.
+        callback: called with each history row (step, loss, ess, lr, wall_s, ...).
+        should_stop: polled every step; when it returns True a checkpoint is written and
+            :class:`Interrupted` is raised.
+
+    Raises:
+        DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
+    """
+    target, model, device, dtype = build(cfg)
+    _seed_all(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min)
+    losses: collections.deque[float] = collections.deque(maxlen=cfg.lr_window)
+    history: list[dict[str, float]] = []
+    start_step, wall_before = 0, 0.0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        losses.extend(state["losses"])
+        history = state["history"]
+        start_step, wall_before = state["step"], state["wall_s"]
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def snapshot(step: int, wall: float) -> dict[str, Any]:
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "losses": list(losses), "history": history, "step": step, "wall_s": wall,
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "config": cfg.to_dict()}
+
+    sample_fn = model.sample
+    if cfg.compile:
+        sample_fn = torch.compile(model.sample, dynamic=False)
+    t0 = time.perf_counter() - wall_before
+    step = start_step
+    pa, pb = cfg.penalty_a, cfg.penalty_b
+    for step in range(start_step + 1, cfg.steps + 1):
+        opt.zero_grad(set_to_none=True)
+        s = sample_fn(cfg.batch_size)
+        log_w = log_weights(target.log_prob(s.x), s.log_q)
+        pen = penalty(model.symmetry.penalty_fn(s.cell), a=pa, b=pb) if s.cell is not None else None
+        loss = self_reparametrized_kl(log_w, pen, gamma=cfg.gamma)
+        if not torch.isfinite(loss):
+            raise DivergedError(step, "loss")
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        lv = float(loss.detach())
+        losses.append(lv)
+        if len(losses) >= 2:
+            sched.step(float(torch.tensor(list(losses)).std()))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            for p in model.parameters():
+                if not bool(torch.isfinite(p).all()):
+                    raise DivergedError(step, "weights")
+            ev = evaluate(model, target, cfg.eval_samples)
+            if not math.isfinite(ev.ess):
+                raise DivergedError(step, "log-weights")
+            row = {"step": step, "loss": lv, "ess": ev.ess, "log_z": ev.log_z, "lr": opt.param_groups[0]["lr"],
+                   "wall_s": time.perf_counter() - t0}
+            br = model.breaking_ratio()
+            if br is not None:
+                row["breaking_ratio"] = br
+            history.append(row)
+            if callback is not None:
+                callback(row)
+        if checkpoint is not None and step % cfg.checkpoint_every == 0:
+            _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+        if should_stop is not None and should_stop():
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+            raise Interrupted(step)
+    train_wall = time.perf_counter() - t0
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, snapshot(step, train_wall))
+    ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples)
+    if not math.isfinite(ev.ess):
+        raise DivergedError(step, "log-weights")
+    return Result(
+        config=cfg, status="finished", steps=step, wall_s=train_wall,
+        ess=ev.ess, log_z=ev.log_z, log_z_err=ev.log_z_err, ess_path=ev.ess_path, outside_cell=ev.outside_cell,
+        breaking_ratio=model.breaking_ratio(),
+        breaking_ratio_exact=target.breaking_ratio(),
+        probabilities=model.probabilities(),
+        probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
+        log_z_exact=target.log_z(), device=str(device), dtype=str(dtype).replace("torch.", ""),
+        history=history, samples=ev.x, sample_log_w=ev.log_w,
+    )
