@@ -212,8 +212,10 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     Raises:
         DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
     """
-    target, model, device, dtype = build(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     _seed_all(cfg.seed)
+    target, model, device, dtype = build(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min)
