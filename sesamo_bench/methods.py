@@ -129,12 +129,21 @@ class Canonicalization(Method):
             raise IncompatibleError("canonicalization needs an invariant prior: prior_mean must be 0")
         super().__init__(shape, symmetry, **kw)
 
+    def transform(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The equivariant map g~(z) = C_z^{-1} g(C_z z) (paper Eq. 23).
+
+        Returns ``(x, ladj, y, u)``: the output, ln|det dg/dz|, the flow output in the cell and the
+        group element of the canonicalization, for ``z`` of shape ``(N, D)``.
+        """
+        zc, u = self.symmetry.canonicalize(self._field(z))
+        y, ladj = self.flow(zc.reshape(z.shape[0], -1))
+        y = self._field(y)
+        return self.symmetry.act(y, u), ladj, y, u
+
     def sample(self, n: int) -> Sample:
         z = self.prior.sample(n)
-        zc, u = self.symmetry.canonicalize(self._field(z))
-        y, ladj = self.flow(zc.reshape(n, -1))
-        y = self._field(y)
-        return Sample(self.symmetry.act(y, u), self.prior.log_prob(z) - ladj, y, u)
+        x, ladj, y, u = self.transform(z)
+        return Sample(x, self.prior.log_prob(z) - ladj, y, u)
 
     def log_prob(self, x: Tensor) -> Tensor:
         terms = []

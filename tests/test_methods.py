@@ -1,0 +1,150 @@
+"""Every method's ln q is a normalised, correctly computed density (checked independently)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sesamo_bench.errors import IncompatibleError
+from sesamo_bench.flows import RealNVP
+
+from .helpers import bound, make_method, randomise
+
+
+# --- flows ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dim,shape", [(1, None), (2, None), (5, None), (12, (3, 2, 2))])
+def test_realnvp_inverse_and_logdet_match_autograd(dim, shape):
+    flow = randomise(RealNVP(dim, shape=shape, couplings=4, hidden_layers=2, width=8, activation="tanh").double())
+    z = torch.randn(6, dim)
+    x, ladj = flow(z)
+    z2, ladj_inv = flow.inverse(x)
+    torch.testing.assert_close(z2, z)
+    torch.testing.assert_close(ladj_inv, -ladj)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda t: flow(t.unsqueeze(0))[0][0], z[i])
+        torch.testing.assert_close(torch.linalg.slogdet(jac)[1], ladj[i])
+
+
+def test_flow_rejects_wrong_shape():
+    from sesamo_bench.errors import InputOutsideDomain
+
+    with pytest.raises(InputOutsideDomain, match=r"Expected input shape \(N, 3\); got \(2, 4\)"):
+        RealNVP(3)(torch.zeros(2, 4))
+
+
+# --- equivariance (Koehler et al. Theorem 1 / paper App. C) --------------------------------
+@pytest.mark.parametrize("name,params", [("z2", {}), ("zm", {"m": 3}), ("zm", {"m": 8}), ("z2xz2", {"broken": False})])
+@given(seed=st.integers(0, 2**31 - 1))
+def test_canonicalized_flow_is_equivariant(name, params, seed):
+    torch.manual_seed(seed)
+    sym = bound(name, params)
+    m = make_method("canonicalization", sym, sym.shape, seed=seed % 1000)
+    z = torch.randn(32, m.flow.dim)
+    g = sym.random_elements(32, z)
+    tz = sym.act(z.reshape(32, *sym.shape), g).reshape(32, -1)
+    x_of_tz = m.transform(tz)[0]
+    t_of_x = sym.act(m.transform(z)[0], g)
+    torch.testing.assert_close(x_of_tz, t_of_x)
+
+
+def test_canonicalization_rejects_continuous_group():
+    with pytest.raises(IncompatibleError, match="finite symmetry group.*continuous symmetry 'u1'"):
+        make_method("canonicalization", bound("u1"), (2, 2))
+
+
+# --- normalisation by importance sampling from a broad Gaussian ------------------------------
+CASES = [
+    ("realnvp", None, {}, (2,)),
+    ("canonicalization", "z2", {}, (1,)),
+    ("canonicalization", "zm", {"m": 3}, (2,)),
+    ("canonicalization", "z2xz2", {"broken": False}, (2,)),
+    ("sesamo", "z2", {"broken": True}, (1,)),
+    ("sesamo", "z2", {}, (2,)),
+    ("sesamo", "zm", {"m": 4, "broken": True}, (2,)),
+    ("sesamo", "z2xz2", {}, (2,)),
+    ("sesamo", "u1", {}, (1, 2)),
+    ("sesamo", "u1", {"broken": True, "bins": 4}, (1, 2)),
+    ("sesamo", "u1", {}, (2, 2)),
+    ("sesamo", "u1", {"broken": True, "bins": 4}, (2, 2)),
+]
+
+
+@pytest.mark.parametrize("method,sym_name,params,shape", CASES)
+def test_density_integrates_to_one(method, sym_name, params, shape):
+    """E_r[q(x)/r(x)] = 1 with r a broad Gaussian; the flows are random bijections, so samples
+    leave the cell and the exact density (sum over preimages) is what is tested."""
+    sym = bound(sym_name, params, shape) if sym_name else None
+    if sym is not None and sym.broken:
+        randomise(sym.modulation, scale=0.8, seed=3)
+    m = make_method(method, sym, shape, prior_mean=0.0 if method != "sesamo" else 0.7, seed=1)
+    n, sigma = 400_000, 3.0
+    d = math.prod(shape)
+    x = sigma * torch.randn(n, *shape)
+    log_r = -0.5 * (x.reshape(n, -1) ** 2).sum(-1) / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
+    with torch.no_grad():
+        w = torch.exp(m.log_prob(x) - log_r)
+    est, err = float(w.mean()), float(w.std() / math.sqrt(n))
+    assert abs(est - 1.0) < 5 * err + 2e-3, (est, err)
+
+
+INSIDE_CASES = [c for c in CASES if c[0] != "realnvp" and not (c[0] == "sesamo" and c[1] == "zm")]
+INSIDE_CASES.append(("sesamo", "zm", {"m": 2, "broken": True}, (2,)))  # a cell that contains the prior mean
+
+
+@pytest.mark.parametrize("method,sym_name,params,shape", INSIDE_CASES)
+def test_path_log_q_equals_exact_density_inside_cell(method, sym_name, params, shape):
+    """Along the sampling path ln q of paper Eq. (15) is one term of the exact density; where the
+    flow output is deep inside its cell the other preimages are negligible and both agree."""
+    sym = bound(sym_name, params, shape)
+    m = make_method(method, sym, shape, prior_mean=0.0 if method != "sesamo" else 4.0, seed=2, flow_scale=0.05)
+    with torch.no_grad():
+        s = m.sample(4000)
+        exact = m.log_prob(s.x)
+    assert bool((exact >= s.log_q - 1e-9).all())
+    # canonicalization: other preimages are excluded once the near-identity flow keeps its cell
+    deep = sym.penalty_fn(s.cell) < (-2.0 if method == "sesamo" else -0.3)
+    assert int(deep.sum()) > 20
+    torch.testing.assert_close(exact[deep], s.log_q[deep], atol=1e-3, rtol=0)
+
+
+def test_sesamo_path_log_q_matches_autograd_jacobian():
+    """SESaMo Z2 in 2-D: ln q along the path = ln q0(z) - ln|det d x/d z| + ln p_S(u) (autograd)."""
+    sym = bound("z2", {"broken": True}, (2,))
+    m = make_method("sesamo", sym, (2,), prior_mean=1.0, seed=4)
+    torch.manual_seed(5)
+    s = m.sample(8)
+    z = None
+    # rebuild the same draws: sample again with the same seed and capture z
+    torch.manual_seed(5)
+    z = m.prior.sample(8)
+    u = sym.modulation.sample(8, like=z)
+    for i in range(8):
+        jac = torch.autograd.functional.jacobian(
+            lambda t: sym.act(m.flow(t.unsqueeze(0))[0], u[i : i + 1])[0], z[i])
+        expect = m.prior.log_prob(z[i : i + 1])[0] - torch.linalg.slogdet(jac)[1] + sym.modulation.log_prob(u[i : i + 1])[0]
+        torch.testing.assert_close(s.log_q[i].detach(), expect.detach())
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (3, 2), (2, 2, 2)])
+def test_exact_u1_density_is_invariant(shape):
+    sym = bound("u1", {}, shape)
+    m = make_method("sesamo", sym, shape, prior_mean=0.5, seed=6)
+    with torch.no_grad():
+        x = m.sample(512).x
+        for phi in [0.4, 1.7, math.pi, 5.9]:
+            rot = sym.act(x, torch.full((512,), phi))
+            torch.testing.assert_close(m.log_prob(rot), m.log_prob(x), atol=1e-9, rtol=1e-9)
+
+
+def test_broken_u1_density_is_not_invariant():
+    sym = bound("u1", {"broken": True, "bins": 4}, (2, 2))
+    randomise(sym.modulation, scale=1.0, seed=1)
+    m = make_method("sesamo", sym, (2, 2), prior_mean=0.5, seed=6)
+    with torch.no_grad():
+        x = m.sample(256).x
+        rot = sym.act(x, torch.full((256,), 1.0))
+        assert float((m.log_prob(rot) - m.log_prob(x)).abs().max()) > 1e-3
