@@ -20,6 +20,7 @@ from .registry import _coerce, parameters
 PRESETS = ("smoke", "quick", "paper")
 DTYPES = ("auto", "float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RunConfig:
     steps: int = 1000
     batch_size: int = 1024
     lr: float = 5e-4
+    lr_breaking: float = 0.0  # learning rate of the modulation's breaking parameters (0: same as lr)
     gamma: float = 0.5
     penalty_a: float = 1000.0
     penalty_b: float = 100.0
@@ -44,6 +46,7 @@ class RunConfig:
     lr_patience: int = 2000
     lr_window: int = 100
     lr_min: float = 1e-6
+    lr_schedule: str = "plateau"  # "plateau" (paper App. I) or "cosine" (anneal to lr_min over the run)
     grad_clip: float = 0.0
     # evaluation and bookkeeping
     eval_every: int = 100
@@ -86,7 +89,7 @@ HYPER = {f.name: f.default for f in dataclasses.fields(RunConfig)
 
 #: allowed range of each numeric hyperparameter: (lower, lower inclusive, upper)
 RANGES: dict[str, tuple[float, bool, float | None]] = {
-    "steps": (1, True, None), "batch_size": (1, True, None), "lr": (0, False, None),
+    "steps": (1, True, None), "batch_size": (1, True, None), "lr": (0, False, None), "lr_breaking": (0, True, None),
     "gamma": (0, True, 1.0), "penalty_a": (0, True, None), "penalty_b": (0, True, None),
     "lr_factor": (0, False, 1.0), "lr_patience": (1, True, None), "lr_window": (2, True, None),
     "lr_min": (0, True, None), "grad_clip": (0, True, None), "eval_every": (1, True, None),
@@ -98,6 +101,8 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
 
 def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
     """Coerce ``value`` to the type of hyperparameter ``key`` and check its range."""
+    if key not in HYPER:
+        raise ConfigError(f"{where}: unknown key '{key}'. Allowed: {', '.join(sorted(HYPER))}")
     value = _coerce(value, HYPER[key], key, where)
     if key in RANGES:
         lo, inclusive, hi = RANGES[key]
@@ -105,6 +110,8 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
         if not ok:
             rng = f"{'>=' if inclusive else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
             raise ConfigError(f"{where}: '{key}' must be {rng}, got {value!r}")
+    if key == "lr_schedule" and value not in LR_SCHEDULES:
+        raise ConfigError(f"{where}: 'lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {value!r}")
     if key == "dtype" and value not in DTYPES:
         raise ConfigError(f"{where}: 'dtype' must be one of {', '.join(DTYPES)}, got {value!r}")
     if key == "device" and value not in DEVICES:

@@ -1,7 +1,7 @@
 r"""Build a model from a :class:`~sesamo_bench.config.RunConfig`, train it, evaluate it.
 
-Training minimises the self-reparametrized KL (paper Eq. 18) with Adam and the paper's plateau
-rule (App. I): every step the standard deviation of the last ``lr_window`` losses is fed to
+Training minimises the self-reparametrized KL (paper Eq. 18) with Adam and, by default, the
+paper's plateau rule (App. I; ``lr_schedule = "cosine"`` anneals instead, for short budgets): every step the standard deviation of the last ``lr_window`` losses is fed to
 :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`, which multiplies the learning rate by
 ``lr_factor`` when it has not improved for ``lr_patience`` steps (floor ``lr_min``).
 
@@ -183,6 +183,18 @@ class Result:
         return {k: getattr(self, k) for k in keys}
 
 
+def param_groups(model: Method, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups: the flow, and the modulation's breaking parameters (``lr_breaking``)."""
+    mod = model.symmetry.modulation if model.symmetry is not None and model.uses_modulation else None
+    breaking = [p for p in mod.parameters() if p.requires_grad] if mod is not None else []
+    ids = {id(p) for p in breaking}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest}]
+    if breaking:
+        groups.append({"params": breaking, "lr": cfg.lr_breaking or cfg.lr})
+    return groups
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
@@ -197,7 +209,8 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = False,
           callback: Callable[[dict[str, float]], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> Result:
+          should_stop: Callable[[], bool] | None = None,
+          progress: Callable[[int, float], None] | None = None) -> Result:
     r"""Train one run to completion and evaluate it.
 
     Arguments:
@@ -208,6 +221,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         callback: called with each history row (step, loss, ess, lr, wall_s, ...).
         should_stop: polled every step; when it returns True a checkpoint is written and
             :class:`Interrupted` is raised.
+        progress: called after every step with ``(step, loss)`` (for progress bars).
 
     Raises:
         DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
@@ -216,9 +230,12 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         torch.set_num_threads(cfg.threads)
     _seed_all(cfg.seed)
     target, model, device, dtype = build(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min)
+    opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr_min)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min)
     losses: collections.deque[float] = collections.deque(maxlen=cfg.lr_window)
     history: list[dict[str, float]] = []
     start_step, wall_before = 0, 0.0
@@ -261,7 +278,11 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         opt.step()
         lv = float(loss.detach())
         losses.append(lv)
-        if len(losses) >= 2:
+        if progress is not None:
+            progress(step, lv)
+        if cfg.lr_schedule == "cosine":
+            sched.step()
+        elif len(losses) >= 2:
             sched.step(float(torch.tensor(list(losses)).std()))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             for p in model.parameters():

@@ -1,0 +1,116 @@
+r"""Real phi^4 theory on a periodic 2-D lattice (paper Eq. 53, App. H.3).
+
+    f[x] = sum_j [ -2 kappa sum_{mu=1,2} x_j x_{j+mu} + (1 - 2 lam) x_j^2 + lam x_j^4 + alpha x_j ]
+
+Z2 (x -> -x) is exact for alpha = 0 and broken for alpha > 0. The breaking ratio is the paper's
+analytic Eq. (56): the magnetisation per site m = sum_j x_j / V is modelled by two Gaussians at
++-mu (width sigma, fitted at alpha = 0 on the 16 x 8 lattice with kappa = 0.3, lam = 0.022) times
+e^{-alpha V m}, split at m = 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sesamo_bench.target import Target, check
+
+#: the paper's fit of the magnetisation histogram at alpha = 0 (App. H.3): A, mu, sigma
+FIT = {"A": 0.499, "mu": 2.126, "sigma": 0.629}
+FIT_SETUP = {"shape": (16, 8), "kappa": 0.3, "lam": 0.022}
+
+
+def breaking_ratio_eq56(alpha: float, volume: int, mu: float = FIT["mu"], sigma: float = FIT["sigma"]) -> float:
+    r"""R(alpha) of paper Eq. (56)-(57), written to stay finite for large V alpha mu.
+
+    R = 1 - [e^{-V a mu} (1 + erf tau_-) + e^{V a mu} (1 + erf tau_+)] / (2 cosh(V a mu)),
+    tau_+- = sigma / sqrt(2) (V a +- mu / sigma^2).
+    """
+    k = volume * alpha * mu
+    tau_m = sigma / math.sqrt(2) * (volume * alpha - mu / sigma**2)
+    tau_p = sigma / math.sqrt(2) * (volume * alpha + mu / sigma**2)
+    e = math.exp(-2 * abs(k))
+    lo, hi = (e, 1.0) if k >= 0 else (1.0, e)  # e^{-k}, e^{k} divided by e^{|k|}
+    return 1 - (lo * (1 + math.erf(tau_m)) + hi * (1 + math.erf(tau_p))) / (1 + e)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def lattice_shape(shape: Any, who: str) -> tuple[int, int]:
+    check(isinstance(shape, (list, tuple)) and len(shape) == 2
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape),
+          f"{who}: 'shape' must be two integers >= 1 (a 2-D lattice), got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+class Phi4Real(Target):
+    r"""Real scalar phi^4 theory on an ``L1 x L2`` periodic lattice.
+
+    Arguments:
+        shape: lattice size ``[L1, L2]``, each >= 1.
+        kappa: hopping parameter.
+        lam: quartic coupling >= 0.
+        alpha: symmetry-breaking term alpha * x_j, alpha >= 0.
+
+    Example:
+        >>> t = Phi4Real(shape=[3, 4])
+        >>> float(t.action(torch.zeros(1, 3, 4)))
+        0.0
+        >>> t.shape
+        (3, 4)
+    """
+
+    name = "phi4-real"
+    dtype = None
+
+    presets = {
+        "smoke": {"steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1,
+                  "width": 16, "eval_every": 10, "eval_samples": 512, "final_samples": 2048,
+                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20},
+        "quick": {"steps": 1500, "batch_size": 1024, "lr": 1e-3, "couplings": 6, "hidden_layers": 2,
+                  "width": 64, "eval_every": 50, "eval_samples": 4096, "final_samples": 32768,
+                  "checkpoint_every": 250, "lr_patience": 300},
+        "paper": {"steps": 100000, "batch_size": 8192, "lr": 5e-4, "couplings": 6, "hidden_layers": 4,
+                  "width": 100, "eval_every": 500, "eval_samples": 8192, "final_samples": 262144,
+                  "checkpoint_every": 5000, "lr_patience": 2000},
+    }
+
+    def __init__(self, *, shape: list[int] = [16, 8], kappa: float = 0.3, lam: float = 0.022,  # noqa: B006
+                 alpha: float = 0.0):
+        self.lattice = lattice_shape(shape, "phi4-real")
+        check(_is_real(kappa), f"phi4-real: 'kappa' must be a finite number, got {kappa!r}")
+        check(_is_real(lam) and lam >= 0, f"phi4-real: 'lam' must be a number >= 0, got {lam!r}")
+        check(_is_real(alpha) and alpha >= 0, f"phi4-real: 'alpha' must be a number >= 0, got {alpha!r}")
+        self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
+        self.shape = self.lattice
+
+    def params(self) -> dict[str, Any]:
+        return {"shape": list(self.lattice), "kappa": self.kappa, "lam": self.lam, "alpha": self.alpha}
+
+    def action(self, x: Tensor) -> Tensor:
+        hop = x * (torch.roll(x, -1, 1) + torch.roll(x, -1, 2))
+        x2 = x * x
+        site = -2 * self.kappa * hop + (1 - 2 * self.lam) * x2 + self.lam * x2 * x2 + self.alpha * x
+        return site.sum((1, 2))
+
+    def symmetry(self) -> tuple[str, dict[str, Any]]:
+        return "z2", {"broken": self.alpha != 0}
+
+    def exact_symmetries(self) -> list[tuple[str, dict[str, Any]]]:
+        return [("z2", {"broken": False})] if self.alpha == 0 else []
+
+    def breaking_ratio(self) -> float | None:
+        """Eq. (56) with the paper's fit; only for the 16 x 8, kappa 0.3, lam 0.022 setup (else None)."""
+        if (self.lattice, self.kappa, self.lam) != (FIT_SETUP["shape"], FIT_SETUP["kappa"], FIT_SETUP["lam"]):
+            return None
+        return breaking_ratio_eq56(self.alpha, self.dim)
+
+    def mode_probabilities(self) -> list[float] | None:
+        """[p(m > 0), p(m < 0)] (z2 elements u = 0, 1) from the same fit as :meth:`breaking_ratio`."""
+        r = self.breaking_ratio()
+        return None if r is None else [(1 + r) / 2, (1 - r) / 2]
