@@ -115,16 +115,14 @@ class Hubbard(Target):
     presets = {
         "smoke": {"steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1,
                   "width": 16, "eval_every": 10, "eval_samples": 512, "final_samples": 2048,
-                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20,
-                  "methods": {"realnvp": {"prior_var": 18.0}}},
-        "quick": {"steps": 1500, "batch_size": 2048, "lr": 1e-3, "couplings": 6, "hidden_layers": 2,
-                  "width": 40, "eval_every": 50, "eval_samples": 4096, "final_samples": 65536,
-                  "checkpoint_every": 250, "lr_patience": 300,
-                  "methods": {"realnvp": {"prior_var": 18.0}}},
+                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20, "prior_var": 18.0},
+        "quick": {"steps": 3000, "batch_size": 2048, "lr": 2e-3, "lr_schedule": "cosine", "couplings": 6,
+                  "hidden_layers": 2, "width": 40, "prior_var": 18.0, "lr_breaking": 1e-2, "penalty_a": 10.0,
+                  "eval_every": 100, "eval_samples": 4096, "final_samples": 65536, "checkpoint_every": 500},
         "paper": {"steps": 6000, "batch_size": 8192, "lr": 5e-4, "couplings": 6, "hidden_layers": 4,
                   "width": 40, "eval_every": 100, "eval_samples": 8192, "final_samples": 262144,
                   "checkpoint_every": 500, "lr_patience": 2000,
-                  "methods": {"realnvp": {"prior_var": 18.0}}},
+                  "prior_var": 18.0},
     }
 
     def __init__(self, *, u: float = 18.0, beta: float = 1.0, kappa: float = 1.0, nt: int = 1,
