@@ -100,7 +100,7 @@ class Bernoulli(Modulation):
 
     def sample(self, n: int, *, like: Tensor) -> Tensor:
         p = torch.sigmoid(self.theta.detach()).to(like.device)
-        return (torch.rand(n, device=like.device) < p).long()
+        return (torch.rand(n, device=like.device, dtype=like.dtype) < p).long()
 
     def log_prob(self, u: Tensor) -> Tensor:
         theta = self.theta.to(u.device)

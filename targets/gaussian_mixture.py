@@ -54,7 +54,7 @@ class GaussianMixture(Target):
                   "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20,
                   "methods": {"realnvp": {"prior_var": 20.0}}},
         "quick": {"steps": 4000, "batch_size": 2048, "lr": 2e-3, "lr_schedule": "cosine", "couplings": 6,
-                  "hidden_layers": 4, "width": 40, "lr_breaking": 1e-2, "eval_every": 100,
+                  "hidden_layers": 4, "width": 40, "lr_breaking": 1e-2, "penalty_a": 10.0, "eval_every": 100,
                   "eval_samples": 4096,
                   "final_samples": 65536, "checkpoint_every": 500,
                   "methods": {"realnvp": {"prior_var": 20.0}}},
