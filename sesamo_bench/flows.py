@@ -17,7 +17,33 @@ from .errors import ConfigError, InputOutsideDomain
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU}
 
 
-def mlp(n_in: int, n_out: int, *, hidden_layers: int, width: int, activation: str) -> nn.Sequential:
+class MLP(nn.Sequential):
+    r"""Linear layers with an activation between them; a subclass of :class:`torch.nn.Sequential`
+    (same parameter names, ``0.weight``, ``0.bias``, ``2.weight``, ...).
+
+    With ReLU the forward pass is ``addmm`` (bias fused into the matrix product) followed by an
+    in-place ``relu_``: one pass over each activation instead of two and no temporary, which
+    matters on CPU where these elementwise passes are memory-bound. Numerically identical to
+    the plain ``nn.Sequential`` forward.
+    """
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self._linears = [m for m in layers if isinstance(m, nn.Linear)]
+        self._relu = all(isinstance(m, nn.ReLU) for m in layers[1::2])
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if not self._relu or x.dim() != 2:
+            return super().forward(x)
+        last = len(self._linears) - 1
+        for i, lin in enumerate(self._linears):
+            x = torch.addmm(lin.bias, x, lin.weight.t())
+            if i < last:
+                x = x.relu_()  # addmm's backward does not need its output: in place is safe
+        return x
+
+
+def mlp(n_in: int, n_out: int, *, hidden_layers: int, width: int, activation: str) -> MLP:
     """``hidden_layers`` hidden layers of ``width`` units; the output layer starts at zero, so a
     fresh coupling is the identity."""
     if activation not in ACTIVATIONS:
@@ -31,7 +57,7 @@ def mlp(n_in: int, n_out: int, *, hidden_layers: int, width: int, activation: st
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     layers.append(last)
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class AffineCoupling(nn.Module):
@@ -56,19 +82,55 @@ class AffineCoupling(nn.Module):
             self.net = None
             self.const = nn.Parameter(torch.zeros(2 * n_out))
 
-    def _params(self, xa: Tensor) -> tuple[Tensor, Tensor]:
-        raw = self.net(xa) if self.net is not None else self.const.to(xa).expand(xa.shape[0], -1)
-        s, t = raw.split(self.n_out, dim=-1)
-        s = self.bound * torch.tanh(s / self.bound)
-        return s, t
+    def _raw(self, xa: Tensor) -> Tensor:
+        return self.net(xa) if self.net is not None else self.const.to(xa).expand(xa.shape[0], -1)
 
     def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = self._params(xa)
-        return torch.addcmul(t, xb, s.exp()), s.sum(-1)
+        return _BoundedAffine.apply(self._raw(xa), xb, self.bound)
 
     def inverse(self, xa: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = self._params(xa)
+        s, t = self._raw(xa).split(self.n_out, dim=-1)
+        s = self.bound * torch.tanh(s / self.bound)
         return (yb - t) * torch.exp(-s), -s.sum(-1)
+
+
+class _BoundedAffine(torch.autograd.Function):
+    r"""(raw, x_b) -> (y_b, ladj): s = c tanh(raw_s / c), y_b = x_b e^s + raw_t, ladj = sum s.
+
+    One fused autograd node instead of split/div/tanh/mul/exp/addcmul/sum and their backward
+    nodes. The backward writes d raw = [(g_y x_b e^s + g_l)(1 - tanh^2), g_y] straight into one
+    contiguous ``(N, 2 n)`` buffer, which the last Linear's backward reads. First-order only (the
+    training loss and the Jacobian tests need no more). Shapes: raw ``(N, 2 n)``, x_b ``(N, n)``;
+    returns ``(N, n)`` and ``(N,)``.
+    """
+
+    @staticmethod
+    def forward(ctx, raw: Tensor, xb: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+        n = xb.shape[-1]
+        th = torch.tanh(raw[:, :n] * (1.0 / bound))
+        ladj = th.sum(-1).mul_(bound)
+        e = torch.mul(th, bound).exp_()
+        y = torch.addcmul(raw[:, n:], xb, e)
+        dsdr = th.mul_(th).neg_().add_(1.0)  # 1 - tanh^2, in th's buffer
+        ctx.save_for_backward(dsdr, e, xb)
+        return y, ladj
+
+    @staticmethod
+    def backward(ctx, gy: Tensor | None, gl: Tensor | None):  # noqa: D102
+        dsdr, e, xb = ctx.saved_tensors
+        n = e.shape[-1]
+        if gy is None:
+            gy = torch.zeros_like(e)
+        graw = e.new_empty(e.shape[0], 2 * n)
+        gs = graw[:, :n]
+        gxb = gy * e  # d y / d x_b = e^s
+        if gl is None:
+            torch.mul(gxb, xb, out=gs)
+        else:
+            torch.addcmul(gl.unsqueeze(-1), gxb, xb, out=gs)  # d y / d s = x_b e^s; d ladj / d s = 1
+        gs.mul_(dsdr)
+        graw[:, n:] = gy
+        return graw, (gxb if ctx.needs_input_grad[1] else None), None
 
 
 def partition(shape: tuple[int, ...]) -> Tensor:

@@ -230,7 +230,8 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         torch.set_num_threads(cfg.threads)
     _seed_all(cfg.seed)
     target, model, device, dtype = build(cfg)
-    opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
+    # fused Adam: one kernel over all parameters instead of ~10 ops per tensor (CPU and CUDA)
+    opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
     if cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr_min)
     else:

@@ -1,0 +1,66 @@
+"""Fast correctness checks of the performance benchmark and the fused flow kernels (no timing)."""
+
+import pytest
+import torch
+from torch import nn
+
+from sesamo_bench import perf
+from sesamo_bench.flows import RealNVP, _BoundedAffine
+
+
+def test_mlp_flops_counts_three_times_forward():
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    assert perf.mlp_flops(net, 7) == 3 * 2 * 7 * (3 * 5 + 5 * 2)
+
+
+def test_mlp_flops_of_realnvp():
+    f = RealNVP(128, shape=(8, 8, 2), couplings=6, hidden_layers=4, width=100)
+    per_coupling = 64 * 100 + 3 * 100 * 100 + 100 * 128
+    assert perf.mlp_flops(f, 8192) == 6 * 8192 * per_coupling * 6
+
+
+@pytest.mark.parametrize("dim", [2, 7, 128])
+def test_peer_has_the_same_architecture(dim):
+    pytest.importorskip("normflows")
+    ours = RealNVP(dim, couplings=6, hidden_layers=4, width=40)
+    peer = perf.peer_model(dim, couplings=6, hidden_layers=4, width=40)
+    assert perf.n_params(peer) == perf.n_params(ours)
+    shapes = lambda m: sorted(tuple(l.weight.shape) for l in m.modules() if isinstance(l, nn.Linear))  # noqa: E731
+    assert shapes(peer) == shapes(ours)
+    assert perf.mlp_flops(peer, 64) == perf.mlp_flops(ours, 64)
+
+
+def test_bounded_affine_gradcheck():
+    raw = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    xb = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r, x: _BoundedAffine.apply(r, x, 2.0), (raw, xb))
+    assert torch.autograd.gradcheck(lambda r, x: _BoundedAffine.apply(r, x, 2.0)[1], (raw, xb))
+
+
+def test_fast_flow_matches_jacobian_and_inverts():
+    torch.manual_seed(0)
+    f = RealNVP(6, shape=(3, 2), couplings=4, hidden_layers=2, width=8).double()
+    for p in f.parameters():
+        nn.init.normal_(p, std=0.4)
+    z = torch.randn(4, 6, dtype=torch.float64)
+    x, ladj = f(z)
+    for i in range(4):
+        jac = torch.autograd.functional.jacobian(lambda t: f(t.unsqueeze(0))[0][0], z[i])
+        assert torch.allclose(torch.linalg.slogdet(jac)[1], ladj[i])
+    z2, ladj_inv = f.inverse(x)
+    assert torch.allclose(z2, z) and torch.allclose(ladj_inv, -ladj)
+    zr = z.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: f(t), (zr,))
+
+
+def test_machine_info_and_matmul_rate():
+    info = perf.machine_info()
+    assert info["cores"] >= 1 and info["torch"] == torch.__version__
+    assert perf.matmul_rate(64, reps=1) > 0
+
+
+def test_unknown_section_is_an_error():
+    from sesamo_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Available"):
+        perf.run_perf(perf.PerfOptions(sections=("nope",)))
