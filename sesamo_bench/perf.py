@@ -38,7 +38,6 @@ from torch import nn
 
 from . import config as config_mod
 from . import train as train_mod
-from .loss import log_weights, penalty, self_reparametrized_kl
 
 SECTIONS = ("matmul", "throughput", "volume", "ess", "compile")
 TARGETS = ("gaussian-mixture", "hubbard", "phi4-real", "phi4-complex")
@@ -111,42 +110,14 @@ def n_params(module: nn.Module) -> int:
 def project_step(cfg: config_mod.RunConfig) -> tuple[Callable[[], float], nn.Module, Any]:
     """One step of :func:`sesamo_bench.train.train` for ``cfg``: returns (step, model, target).
 
-    Mirrors the loop body of ``train.train`` (the same optimiser and scheduler settings), without
+    The same :class:`~sesamo_bench.train.Trainer` step that ``train`` loops over, without
     evaluation or checkpoints.
     """
     train_mod._seed_all(cfg.seed)
     target, model, device, dtype = train_mod.build(cfg)
-    opt = torch.optim.Adam(train_mod.param_groups(model, cfg), lr=cfg.lr,
-                           fused=device.type in ("cpu", "cuda"))  # as train.train
-    if getattr(cfg, "lr_schedule", "plateau") == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr_min)
-    else:
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience, min_lr=cfg.lr_min)
-    losses: list[float] = []
-    sample_fn = torch.compile(model.sample, dynamic=False) if cfg.compile else model.sample
-
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        s = sample_fn(cfg.batch_size)
-        log_w = log_weights(target.log_prob(s.x), s.log_q)
-        pen = (penalty(model.symmetry.penalty_fn(s.cell), a=cfg.penalty_a, b=cfg.penalty_b)
-               if s.cell is not None else None)
-        loss = self_reparametrized_kl(log_w, pen, gamma=cfg.gamma)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        lv = float(loss.detach())
-        losses.append(lv)
-        del losses[:-cfg.lr_window]
-        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-            sched.step()
-        elif len(losses) >= 2:
-            sched.step(float(torch.tensor(losses).std()))
-        return lv
-
-    return step, model, target
+    trainer = train_mod.Trainer(cfg, model, target, device)
+    counter = iter(range(1, 1 << 62))
+    return (lambda: trainer.step(next(counter))), model, target
 
 
 class _PeerTarget(nn.Module):
