@@ -52,9 +52,7 @@ def default_file() -> Path:
     return local if local.is_file() else ROOT / FILE_NAME
 
 
-def load(path: Path | None = None) -> dict[str, Benchmark]:
-    """All benchmarks of ``path`` (default :func:`default_file`), validated."""
-    path = Path(path) if path is not None else default_file()
+def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -63,9 +61,37 @@ def load(path: Path | None = None) -> dict[str, Benchmark]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
-    unknown = sorted(set(data) - {"benchmarks"})
+    unknown = sorted(set(data) - {"benchmarks", "executor"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}' (expected [benchmarks.<name>] tables)")
+        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}' (expected [benchmarks.<name>] tables "
+                          "and an optional [executor.slurm] table)")
+    return data
+
+
+def executor_settings(path: Path | None = None) -> Any:
+    r"""The validated ``[executor.slurm]`` table of ``path`` (default :func:`default_file`).
+
+    Returns:
+        A :class:`~sesamo_bench.cluster.SlurmSettings` (all fields ``None`` when the table is absent).
+    """
+    from .cluster import SlurmSettings
+
+    path = Path(path) if path is not None else default_file()
+    executor = _read(path).get("executor", {})
+    if not isinstance(executor, dict):
+        raise ConfigError(f"{path}: 'executor' must be a table with an [executor.slurm] table")
+    for key in executor:
+        if key != "slurm":
+            raise ConfigError(f"{path}: [executor]: unknown key '{key}'. Allowed: slurm")
+    return SlurmSettings.from_table(executor.get("slurm", {}), f"{path}: [executor.slurm]")
+
+
+def load(path: Path | None = None) -> dict[str, Benchmark]:
+    """All benchmarks of ``path`` (default :func:`default_file`), validated (with its [executor.slurm] table)."""
+    path = Path(path) if path is not None else default_file()
+    data = _read(path)
+    if "executor" in data:
+        executor_settings(path)
     tables = data.get("benchmarks", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'benchmarks' must be a table of [benchmarks.<name>] tables")

@@ -1,4 +1,4 @@
-r"""The ``sesamo-bench`` command line: ``list``, ``run``, ``report``, ``plot``, ``show``.
+r"""The ``sesamo-bench`` command line: ``list``, ``run``, ``status``, ``collect``, ``report``, ``plot``, ``show``.
 
 Each command only parses its arguments and calls plain functions (:mod:`sesamo_bench.grid`,
 :mod:`sesamo_bench.runner`, :mod:`sesamo_bench.store`, :mod:`sesamo_bench.benchmarks`). Every
@@ -7,7 +7,8 @@ store) becomes one line ``error: <message>`` on stderr and exit code 2, before a
 written to the store.
 
 Exit codes: 0 success; 1 some run ``failed``; 2 bad input or unusable store; 130 / 143 the grid
-was stopped by SIGINT / SIGTERM (checkpoints kept, continue with ``--resume``).
+was stopped by SIGINT / SIGTERM (checkpoints kept, continue with ``--resume``); with ``run
+--executor slurm --wait``, 130 means Ctrl-C stopped the waiting (the jobs go on).
 """
 
 from __future__ import annotations
@@ -154,6 +155,10 @@ def listing(what: str | None, benchmarks_file: Path | None = None) -> str:
                 out.append(f"  {b.name:<22} {b.description}")
                 out.append(f"  {'':<22} target={r.target} methods={methods} seeds={','.join(map(str, r.seeds))} "
                            f"preset={r.preset}" + (f" sweep {sweep}" if sweep else ""))
+            slurm = benchmarks.executor_settings(path)
+            if not slurm.is_empty():
+                out.append("  [executor.slurm] (defaults of run --executor slurm): "
+                           + " ".join(f"{k}={v}" for k, v in vars(slurm).items() if v not in (None, {})))
         out.append("")
     return "\n".join(out).rstrip()
 
@@ -180,15 +185,56 @@ def run_cmd(
     resume: bool = typer.Option(False, "--resume", help="skip finished runs, continue interrupted ones"),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", help="run a benchmark of benchmarks.toml"),
     benchmarks_file: Optional[Path] = typer.Option(None, "--benchmarks-file", help="benchmarks.toml to use"),
+    executor: str = typer.Option("local", "--executor",
+                                 help="local: this machine (--workers processes); slurm: one Slurm job per run "
+                                      "through submitit (pip install 'sesamo-bench\\[slurm]'); submitit-local: "
+                                      "the slurm code path with local processes, for testing. The --slurm-* "
+                                      "options default to the executor.slurm table of benchmarks.toml"),
+    wait: bool = typer.Option(False, "--wait", help="cluster: wait for the jobs, then collect their results"),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="cluster: Slurm partition"),
+    slurm_gpus: Optional[int] = typer.Option(None, "--slurm-gpus", help="cluster: GPUs per job"),
+    slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus", help="cluster: CPUs per job (torch threads)"),
+    slurm_mem: Optional[str] = typer.Option(None, "--slurm-mem", help="cluster: memory per job, e.g. 16G"),
+    slurm_time: Optional[int] = typer.Option(None, "--slurm-time",
+                                             help="cluster: time limit per job in minutes (default 60); a job "
+                                                  "that reaches it is requeued and resumes from its checkpoint"),
+    slurm_sbatch: List[str] = typer.Option([], "--slurm-sbatch", help="cluster: extra sbatch option KEY=VALUE, "
+                                                                      "e.g. account=proj42 (repeatable)"),
 ) -> None:
-    """Train a grid of runs (methods x seeds x sweep values) and record them in the store."""
+    """Train a grid of runs (methods x seeds x sweep values) and record them in the store.
+
+    With --executor slurm every run is a Slurm job; follow them with `status`, record them with `collect` (or --wait).
+    """
     from . import grid
 
+    cluster_opts = {"--wait": wait, "--slurm-partition": slurm_partition, "--slurm-gpus": slurm_gpus,
+                    "--slurm-cpus": slurm_cpus, "--slurm-mem": slurm_mem, "--slurm-time": slurm_time,
+                    "--slurm-sbatch": slurm_sbatch}
+    settings = None
+    if executor == "local":
+        given = [k for k, v in cluster_opts.items() if v not in (None, False, [])]
+        if given:
+            raise ConfigError(f"{given[0]} applies to --executor slurm (or submitit-local), not to local runs")
+    else:
+        from . import benchmarks, cluster
+
+        if executor not in cluster.EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(cluster.EXECUTORS)}, got {executor!r}")
+        if workers != 1:
+            raise ConfigError(f"--workers applies to --executor local; with --executor {executor} every run is a job")
+        cluster.require_submitit()
+        cli = cluster.cli_settings(partition=slurm_partition, gpus=slurm_gpus, cpus=slurm_cpus, mem=slurm_mem,
+                                   time_min=slurm_time, sbatch=slurm_sbatch)
+        settings = benchmarks.executor_settings(benchmarks_file).overridden_by(cli)
     req = grid_request(target=target, methods=methods, preset=preset, seeds=seeds, sets=set_, sweeps=sweep,
                        device=device, dtype=dtype, benchmark=benchmark, benchmarks_file=benchmarks_file)
     runs, notes = grid.plan(req)
-    code = run_and_report(runs, notes, store_path=store, workers=workers, resume=resume, json_out=json_out,
-                          quiet=quiet)
+    if settings is None:
+        code = run_and_report(runs, notes, store_path=store, workers=workers, resume=resume, json_out=json_out,
+                              quiet=quiet)
+    else:
+        code = submit_and_report(runs, notes, store_path=store, executor=executor, settings=settings, resume=resume,
+                                 wait=wait, json_out=json_out)
     if code:
         raise typer.Exit(code)
 
@@ -259,6 +305,73 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
     return 1 if any(r["status"] == "failed" for r in records) else 0
 
 
+def submit_and_report(runs: list, notes: list[str], *, store_path: Path | None, executor: str, settings: Any,
+                      resume: bool, wait: bool, json_out: bool) -> int:
+    """Submit a planned grid as cluster jobs; with ``wait``, wait for them and collect the results."""
+    from . import cluster
+    from .progress import summary_line
+    from .store import DEFAULT_STORE, Store
+
+    st = Store(store_path or DEFAULT_STORE)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    statuses = {s.entry["run_id"]: s for s in cluster.job_statuses(st.path.resolve().parent)}
+    if resume:  # record runs whose jobs ended since the last collect, so finished ones are reused
+        cluster.collect(st, run_ids={r.run_id for r in runs}, statuses=list(statuses.values()))
+    todo = []
+    for run in runs:
+        job = statuses.get(run.run_id)
+        if job is not None and job.state in ("queued", "running"):
+            typer.echo(f"note: run {run.run_id} ({run.config.label()}) is already {job.state} as job "
+                       f"{job.entry['job_id']} (submission {job.submission}); not submitted again", err=True)
+            continue
+        old = st.get(run.run_id) if resume else None
+        if old is not None and old["status"] == "finished":
+            typer.echo(f"reusing finished run {run.run_id} ({old['target']}/{old['method']}/seed{old['seed']})",
+                       err=True)
+        else:
+            todo.append((run, resume))
+    sub = cluster.submit(todo, st, kind=executor, settings=settings) if todo else None
+    if sub is not None:
+        m = sub.manifest
+        typer.echo(f"submitted {len(m['jobs'])} job(s) with --executor {executor}: submission {m['submission']}, "
+                   f"manifest {sub.path}", err=True)
+    flag = f" --store {store_path}" if store_path else ""
+    if not wait:
+        entries = sub.manifest["jobs"] if sub else []
+        if json_out:
+            keys = ("run_id", "job_id", "benchmark", "target", "method", "seed", "params", "run_dir", "stdout",
+                    "stderr")
+            typer.echo(json.dumps([{**{k: e[k] for k in keys}, "status": "submitted"} for e in entries], indent=2))
+        else:
+            for e in entries:
+                typer.echo(f"{e['job_id']:<14} {e['run_id']}  {e['label']}")
+            if entries:
+                typer.echo(f"follow the jobs with `sesamo-bench status{flag}`; record finished runs with "
+                           f"`sesamo-bench collect{flag}`")
+        return 0
+    if sub is not None:
+        def done(entry: dict[str, Any]) -> None:
+            typer.echo(f"job {entry['job_id']} ended: {entry['label']} [{entry['run_id']}]", err=True)
+
+        try:
+            cluster.wait(sub, on_done=done)
+        except KeyboardInterrupt:
+            typer.echo(f"stopped waiting; the jobs go on: follow them with `sesamo-bench status{flag}` and record "
+                       f"them with `sesamo-bench collect{flag}`", err=True)
+            return 130
+        got = cluster.collect(st, run_ids={e["run_id"] for e in sub.manifest["jobs"]})
+        for rec in got.records:
+            typer.echo(summary_line(rec), err=True)
+    by_id = {r["run_id"]: r for r in st.runs()}
+    records = [by_id[r.run_id] for r in runs if r.run_id in by_id]
+    if json_out:
+        typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
+    elif records:
+        typer.echo(render(records, "terminal"))
+    return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
 def run_summary(rec: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` object of one run (NaN/Inf as null)."""
     from .store import clean
@@ -307,6 +420,78 @@ def _varying_params(records: list[dict[str, Any]]) -> list[str]:
         for k, v in (r.get("params") or {}).items():
             keys.setdefault(k, set()).add(json.dumps(v))
     return [k for k, vals in keys.items() if len(vals) > 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# status, collect (cluster jobs)
+# ---------------------------------------------------------------------------------------------
+@app.command("status")
+def status_cmd(
+    store: Optional[Path] = typer.Option(None, "--store", help="results database whose jobs to show "
+                                                              "(default: ./sesamo-runs/results.sqlite)"),
+    json_out: bool = typer.Option(False, "--json", help="a JSON array of the jobs"),
+    tail: int = typer.Option(10, "--tail", min=0, help="log lines shown for a failed job"),
+) -> None:
+    """Queued / running / finished / failed cluster jobs of the submitted grids (log tail of failed ones)."""
+    from . import cluster
+    from .store import DEFAULT_STORE
+
+    path = store or DEFAULT_STORE
+    statuses = cluster.job_statuses(path.resolve().parent, tail=tail)
+    if json_out:
+        typer.echo(json.dumps([{"submission": s.submission, "executor": s.executor, "job_id": s.entry["job_id"],
+                                "run_id": s.entry["run_id"], "label": s.entry["label"], "state": s.state,
+                                "detail": s.detail, "log": s.log, "log_tail": s.log_tail,
+                                "stdout": s.entry["stdout"], "stderr": s.entry["stderr"]} for s in statuses],
+                              indent=2))
+        return
+    if not statuses:
+        typer.echo(f"no submitted jobs under {path.resolve().parent / 'jobs'}", err=True)
+        return
+    typer.echo(status_text(statuses))
+
+
+def status_text(statuses: list) -> str:
+    """The text of ``sesamo-bench status``."""
+    from .cluster import STATES
+
+    lines: list[str] = []
+    current = None
+    for s in statuses:
+        if s.submission != current:
+            current = s.submission
+            lines.append(f"submission {s.submission} ({s.executor})")
+        lines.append(f"  {s.entry['job_id']:<14} {s.entry['run_id']}  {s.entry['label']:<40} {s.state}"
+                     + (f"  ({s.detail})" if s.detail else ""))
+        if s.log_tail:
+            lines.append(f"    last lines of {s.log}:")
+            lines.extend(f"    | {line}" for line in s.log_tail.splitlines())
+    counts = {k: sum(s.state == k for s in statuses) for k in STATES}
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return "\n".join(lines)
+
+
+@app.command("collect")
+def collect_cmd(
+    store: Optional[Path] = typer.Option(None, "--store", help="results database to record the jobs' runs in "
+                                                              "(default: ./sesamo-runs/results.sqlite)"),
+    json_out: bool = typer.Option(False, "--json", help="print only a JSON array of the collected runs"),
+) -> None:
+    """Record the runs of ended cluster jobs (their run directories) in the results database."""
+    from . import cluster
+
+    st = _open_store(store)
+    got = cluster.collect(st)
+    if json_out:
+        typer.echo(json.dumps([run_summary(r) for r in got.records], indent=2))
+    elif got.records:
+        typer.echo(render(got.records, "terminal"))
+    counts: dict[str, int] = {}
+    for r in got.records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    typer.echo(f"collected {len(got.records)} run(s) into {st.path}"
+               + "".join(f", {n} {k}" for k, n in counts.items())
+               + f"; {len(got.pending)} job(s) still queued or running", err=True)
 
 
 # ---------------------------------------------------------------------------------------------

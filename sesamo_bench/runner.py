@@ -101,16 +101,41 @@ Emit = Callable[[str, str, dict[str, Any]], None]
 
 def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Callable[[], bool],
             emit: Emit) -> dict[str, Any] | None:
-    """Train one run and record it; ``None`` when a stop was requested before it began."""
+    """Train one run and record it in the store; ``None`` when a stop was requested before it began."""
+    if should_stop():
+        return None
+    store = Store(store_path)
+    try:
+        return execute_in_dir(run, store.runs_dir / run.run_id, resume=resume, should_stop=should_stop, emit=emit,
+                              put=store.put)
+    finally:
+        store.close()
+
+
+def execute_in_dir(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop: Callable[[], bool], emit: Emit,
+                   put: Callable[[dict[str, Any]], None] | None = None,
+                   extra_provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    r"""Train one run into its run directory and return its record.
+
+    Arguments:
+        run: the run.
+        run_dir: its directory (``config.json``, ``checkpoint.pt``, ``history.csv``, ``samples.npz``,
+            ``result.json`` are written there atomically).
+        resume: continue from ``run_dir/checkpoint.pt`` when it exists.
+        should_stop: polled every step (see :func:`sesamo_bench.train.train`).
+        emit: receives progress events ``(kind, run_id, data)``.
+        put: receives the record when the run starts and when it ends (the store's ``put``);
+            ``None`` for cluster jobs, which never open the database.
+        extra_provenance: added to the record's provenance (e.g. the cluster job id).
+
+    Returns:
+        The record (the columns of the store's ``runs`` table).
+    """
     import torch
 
     from .train import Interrupted, train
 
-    if should_stop():
-        return None
-    store = Store(store_path)
     cfg = run.config
-    run_dir = store.runs_dir / run.run_id
     ckpt = run_dir / "checkpoint.pt"
     prior: list[dict[str, Any]] = []
     prior_wall, start_step = 0.0, 0
@@ -125,6 +150,7 @@ def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Cal
     prov = provenance(run)
     prov["start"] = _now()
     prov["resumed_from_step"] = start_step if resume else None
+    prov.update(extra_provenance or {})
     record: dict[str, Any] = {
         "run_id": run.run_id, "benchmark": run.benchmark, "target": cfg.target, "method": cfg.method,
         "seed": cfg.seed, "params": run.params, "config": cfg.to_dict(), "provenance": prov, "status": "running",
@@ -134,7 +160,8 @@ def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Cal
     }
     write_json(run_dir / "config.json", {"run_id": run.run_id, "benchmark": run.benchmark, "params": run.params,
                                          "config": cfg.to_dict()})
-    store.put(record)
+    if put is not None:
+        put(record)
     emit("start", run.run_id, {"label": cfg.label(), "steps": cfg.steps, "step": start_step})
 
     rows: list[dict[str, Any]] = []
@@ -186,8 +213,8 @@ def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Cal
     record.update(history=history, finished=prov["end"], provenance=prov)
     write_history_csv(run_dir / "history.csv", history)
     write_json(run_dir / "result.json", {k: v for k, v in record.items() if k != "history"})
-    store.put(record)
-    store.close()
+    if put is not None:
+        put(record)
     emit("end", run.run_id, record)
     return record
 

@@ -263,6 +263,24 @@ def write_history_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_atomic(path, buf.getvalue().encode())
 
 
+def read_history_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``history.csv`` (numbers parsed back exactly; empty cells left out); ``[]`` if missing."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _number(text: str) -> Any:
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        return float(text)  # repr of a float round-trips exactly
+    except ValueError:
+        return text
+
+
 def write_samples(path: Path, x: Any, log_w: Any) -> None:
     """``samples.npz`` with ``x`` (float32, ``(N, *shape)``) and ``log_w`` (float64, ``(N,)``)."""
     import numpy as np
