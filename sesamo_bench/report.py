@@ -180,6 +180,14 @@ def _group_sort(g: dict[str, Any]) -> tuple:
     return (g["benchmark"] or "", g["target"], _params_sort(g["params"]), g["preset"] or "", method_rank(g["method"]))
 
 
+def _exact_like(exact: float | None, estimate: str) -> str:
+    """An exact reference printed with the decimals of the estimate beside it (one more)."""
+    head = estimate.split("(")[0]
+    if not _finite(exact) or "." not in head or "e" in head.lower():
+        return format_err(exact, None)
+    return f"{exact:.{len(head.split('.')[1]) + 1}f}"
+
+
 def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     r"""Group runs over seeds and summarise each group.
 
@@ -240,12 +248,12 @@ def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_c
         shown = shown_params(g["target"], g["params"], (h["params"] for h in groups if h["target"] == g["target"]))
         row = ([g["benchmark"] or "-"] if benchmark_col else []) + [g["target"], g["method"], params_label(shown)]
         row += [g["preset"] or "-"] if preset_col else []
+        log_z = format_err(g["log_z_mean"], g["log_z_std"])
+        ratio = format_err(g["breaking_ratio_mean"], g["breaking_ratio_std"])
         row += [str(g["n_finished"]),
                 format_err(g["ess_mean"], g["ess_std"]),
-                format_err(g["log_z_mean"], g["log_z_std"]),
-                format_err(g["log_z_exact"], None),
-                format_err(g["breaking_ratio_mean"], g["breaking_ratio_std"]),
-                format_err(g["breaking_ratio_exact"], None),
+                log_z, _exact_like(g["log_z_exact"], log_z),
+                ratio, _exact_like(g["breaking_ratio_exact"], ratio),
                 "-" if g["wall_s_mean"] is None else f"{g['wall_s_mean']:.1f}",
                 _failures(g)]
         rows.append(row)
