@@ -94,7 +94,8 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
     "lr_factor": (0, False, 1.0), "lr_patience": (1, True, None), "lr_window": (2, True, None),
     "lr_min": (0, True, None), "grad_clip": (0, True, None), "eval_every": (1, True, None),
     "eval_samples": (2, True, None), "final_samples": (2, True, None), "save_samples": (0, True, None),
-    "checkpoint_every": (1, True, None), "threads": (0, True, None), "couplings": (1, True, None), "hidden_layers": (0, True, None),
+    "checkpoint_every": (1, True, None), "threads": (0, True, None), "couplings": (1, True, None),
+    "hidden_layers": (0, True, None),
     "width": (1, True, None), "scale_bound": (0, False, None), "prior_var": (0, False, None),
 }
 

@@ -195,12 +195,12 @@ class RealNVP(nn.Module):
         ladj = z.new_zeros(z.shape[0])
         for k, layer in enumerate(self.layers):
             if self.nb == 0:
-                a, l = layer(a[:, :0], a)
+                a, ld = layer(a[:, :0], a)
             elif k % 2 == 0:
-                b, l = layer(a, b)
+                b, ld = layer(a, b)
             else:
-                a, l = layer(b, a)
-            ladj = ladj + l
+                a, ld = layer(b, a)
+            ladj = ladj + ld
         return self._join(a, b), ladj
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,12 +211,12 @@ class RealNVP(nn.Module):
         for k in reversed(range(len(self.layers))):
             layer = self.layers[k]
             if self.nb == 0:
-                a, l = layer.inverse(a[:, :0], a)
+                a, ld = layer.inverse(a[:, :0], a)
             elif k % 2 == 0:
-                b, l = layer.inverse(a, b)
+                b, ld = layer.inverse(a, b)
             else:
-                a, l = layer.inverse(b, a)
-            ladj = ladj + l
+                a, ld = layer.inverse(b, a)
+            ladj = ladj + ld
         return self._join(a, b), ladj
 
 

@@ -1,7 +1,8 @@
 r"""Build a model from a :class:`~sesamo_bench.config.RunConfig`, train it, evaluate it.
 
 Training minimises the self-reparametrized KL (paper Eq. 18) with Adam and, by default, the
-paper's plateau rule (App. I; ``lr_schedule = "cosine"`` anneals instead, for short budgets): every step the standard deviation of the last ``lr_window`` losses is fed to
+paper's plateau rule (App. I; ``lr_schedule = "cosine"`` anneals instead, for short budgets):
+every step the standard deviation of the last ``lr_window`` losses is fed to
 :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`, which multiplies the learning rate by
 ``lr_factor`` when it has not improved for ``lr_patience`` steps (floor ``lr_min``).
 
@@ -45,7 +46,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' is not available on this machine (torch sees no CUDA GPU); use --device cpu or auto")
+        raise ConfigError(
+            "device 'cuda' is not available on this machine (torch sees no CUDA GPU); use --device cpu or auto")
     if name not in ("cpu", "cuda"):
         raise ConfigError(f"device must be one of auto, cpu, cuda; got {name!r}")
     return torch.device(name)

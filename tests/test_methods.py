@@ -117,15 +117,15 @@ def test_sesamo_path_log_q_matches_autograd_jacobian():
     m = make_method("sesamo", sym, (2,), prior_mean=1.0, seed=4)
     torch.manual_seed(5)
     s = m.sample(8)
-    z = None
-    # rebuild the same draws: sample again with the same seed and capture z
+    # rebuild the same draws: sample again with the same seed and capture z and u
     torch.manual_seed(5)
     z = m.prior.sample(8)
     u = sym.modulation.sample(8, like=z)
     for i in range(8):
-        jac = torch.autograd.functional.jacobian(
-            lambda t: sym.act(m.flow(t.unsqueeze(0))[0], u[i : i + 1])[0], z[i])
-        expect = m.prior.log_prob(z[i : i + 1])[0] - torch.linalg.slogdet(jac)[1] + sym.modulation.log_prob(u[i : i + 1])[0]
+        ui = u[i : i + 1]
+        jac = torch.autograd.functional.jacobian(lambda t, ui=ui: sym.act(m.flow(t.unsqueeze(0))[0], ui)[0], z[i])
+        log_pu = sym.modulation.log_prob(ui)[0]
+        expect = m.prior.log_prob(z[i : i + 1])[0] - torch.linalg.slogdet(jac)[1] + log_pu
         torch.testing.assert_close(s.log_q[i].detach(), expect.detach())
 
 

@@ -25,7 +25,7 @@ def test_peer_has_the_same_architecture(dim):
     ours = RealNVP(dim, couplings=6, hidden_layers=4, width=40)
     peer = perf.peer_model(dim, couplings=6, hidden_layers=4, width=40)
     assert perf.n_params(peer) == perf.n_params(ours)
-    shapes = lambda m: sorted(tuple(l.weight.shape) for l in m.modules() if isinstance(l, nn.Linear))  # noqa: E731
+    shapes = lambda m: sorted(tuple(lin.weight.shape) for lin in m.modules() if isinstance(lin, nn.Linear))  # noqa: E731
     assert shapes(peer) == shapes(ours)
     assert perf.mlp_flops(peer, 64) == perf.mlp_flops(ours, 64)
 

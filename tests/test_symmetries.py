@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sesamo_bench import plugins
 from sesamo_bench.errors import ConfigError, IncompatibleError, UnknownNameError
 
-from .helpers import VARIANTS, bound, shape_for
+from .helpers import VARIANTS, bound
 
 NAMES = plugins.symmetries.names()
 
