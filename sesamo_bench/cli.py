@@ -580,6 +580,45 @@ def show_text(rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@app.command("perf")
+def perf_cmd(
+    quick: bool = typer.Option(False, "--quick", help="a 1-2 minute subset"),
+    sections: Optional[str] = typer.Option(None, "--sections", help="comma list: matmul,throughput,volume,ess,compile"),
+    targets: Optional[str] = typer.Option(None, "--targets", help="comma list of targets"),
+    batches: Optional[str] = typer.Option(None, "--batches", help="comma list, e.g. 1024,8192"),
+    reps: Optional[int] = typer.Option(None, "--reps", min=1, help="timed repetitions"),
+    no_peer: bool = typer.Option(False, "--no-peer", help="skip the normflows comparison"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON"),
+) -> None:
+    """Training-throughput benchmark: steps/s against normflows and against the matmul rate."""
+    from .perf import PerfOptions, render, run_perf
+    from .train import resolve_device
+
+    resolve_device(device)
+    opt = PerfOptions.quick_defaults() if quick else PerfOptions()
+    for name, value in (("sections", sections), ("targets", targets)):
+        if value:
+            setattr(opt, name, tuple(v for v in value.split(",") if v))
+    if targets:
+        from . import plugins
+
+        for name in opt.targets:
+            plugins.targets.get(name)
+    if batches:
+        try:
+            opt.batches = tuple(int(v) for v in batches.split(",") if v)
+        except ValueError:
+            raise ConfigError(f"--batches expects comma-separated integers, got {batches!r}") from None
+    if reps:
+        opt.reps = reps
+    opt.device, opt.peer = device, not no_peer
+    res = run_perf(opt, log=lambda m: typer.echo(f"... {m}", err=True))
+    typer.echo(render(res))
+    if out is not None:
+        out.write_text(json.dumps(res, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     typer.main.get_command(app).main(args=argv, prog_name="sesamo-bench")

@@ -64,3 +64,17 @@ def test_unknown_section_is_an_error():
 
     with pytest.raises(ConfigError, match="Available"):
         perf.run_perf(perf.PerfOptions(sections=("nope",)))
+
+
+def test_perf_command_measures_matmul_and_rejects_bad_names(tmp_path):
+    from typer.testing import CliRunner
+
+    from sesamo_bench.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "perf.json"
+    res = runner.invoke(app, ["perf", "--sections", "matmul", "--reps", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "GFLOP/s" in res.output and out.exists()
+    bad = runner.invoke(app, ["perf", "--targets", "nope", "--sections", "throughput"])
+    assert bad.exit_code == 2 and "Unknown target 'nope'" in bad.output
