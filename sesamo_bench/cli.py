@@ -177,7 +177,8 @@ def run_cmd(
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one run per value (repeatable)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: auto)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | float64 (default: auto)"),
-    workers: int = typer.Option(1, "--workers", min=1, help="parallel worker processes"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="parallel worker processes (default: one per CPU core)"),
     store: Optional[Path] = typer.Option(None, "--store",
                                          help="results database (default: ./sesamo-runs/results.sqlite)"),
     json_out: bool = typer.Option(False, "--json", help="print only a JSON array of the runs on stdout"),
@@ -220,7 +221,7 @@ def run_cmd(
 
         if executor not in cluster.EXECUTORS:
             raise ConfigError(f"--executor must be one of {', '.join(cluster.EXECUTORS)}, got {executor!r}")
-        if workers != 1:
+        if workers is not None:
             raise ConfigError(f"--workers applies to --executor local; with --executor {executor} every run is a job")
         cluster.require_submitit()
         cli = cluster.cli_settings(partition=slurm_partition, gpus=slurm_gpus, cpus=slurm_cpus, mem=slurm_mem,
@@ -275,13 +276,15 @@ def grid_request(*, target: str | None, methods: str | None, preset: str | None,
                             preset=preset or "quick", overrides=overrides, sweeps=sweep_values)
 
 
-def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, workers: int, resume: bool,
+def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, workers: int | None, resume: bool,
                    json_out: bool, quiet: bool) -> int:
     """Run a planned grid, print the table (or JSON) and return the exit code."""
     from .progress import LogReporter, RichReporter
-    from .runner import EXIT_SIGNAL, run_grid
+    from .runner import EXIT_SIGNAL, default_workers, run_grid
     from .store import DEFAULT_STORE, Store
 
+    if workers is None:
+        workers = default_workers(runs)
     st = Store(store_path or DEFAULT_STORE)
     for note in notes:
         typer.echo(f"note: {note}", err=True)

@@ -1,8 +1,8 @@
 r"""Running a planned grid and recording every run in the store.
 
 :func:`run_grid` executes :class:`~sesamo_bench.grid.PlannedRun` s one after the other in this
-process, or in a pool of ``workers`` spawned processes (each with one torch thread, so the numbers
-equal a sequential run's). Each run:
+process, or in a pool of ``workers`` spawned processes; every run uses one torch thread (see
+:func:`one_thread`), so the numbers do not depend on ``workers``. Each run:
 
 1. is written to the store as ``running`` (with configuration and provenance) and gets a run
    directory with ``config.json``;
@@ -261,6 +261,31 @@ def catch_signals(flag: StopFlag) -> Iterator[None]:
 _W: dict[str, Any] = {}
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread per run, in this process as in every worker: float summation
+    order (and so every number) then does not depend on how many runs share the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_workers(runs: list[PlannedRun]) -> int:
+    """``--workers`` when not given: one process per CPU core (at most one per run) for CPU runs,
+    one for CUDA runs."""
+    import torch
+
+    devices = {r.config.device for r in runs}
+    if "cuda" in devices or ("auto" in devices and torch.cuda.is_available()):
+        return 1
+    return max(1, min(len(runs), os.cpu_count() or 1))
+
+
 def _worker_init(stop_event: Any, events: Any) -> None:
     import torch
 
@@ -303,7 +328,8 @@ def run_grid(runs: list[PlannedRun], store: Store, *, workers: int = 1, resume: 
             for run, res in todo:
                 if flag():
                     break
-                rec = execute(run, store.path, resume=res, should_stop=flag, emit=reporter.event)
+                with one_thread():  # as in a worker: the numbers do not depend on --workers
+                    rec = execute(run, store.path, resume=res, should_stop=flag, emit=reporter.event)
                 if rec is not None:
                     done[run.run_id] = rec
         else:

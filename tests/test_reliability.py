@@ -245,8 +245,9 @@ def test_disk_full_mid_grid_keeps_recorded_runs(tmp_path, monkeypatch):
     store = tmp_path / "r.sqlite"
     _FullDisk.budget = 3  # run 1: running + finished; run 2: running, then the disk is full
     monkeypatch.setattr(Store, "_connect", lambda self: sqlite3.connect(self.path, timeout=30, factory=_FullDisk))
+    # in-process (--workers 1): the patched connection lives in this process
     res = invoke("run", "--target", "hubbard", "--methods", "realnvp", "--seeds", "0,1,2", *TINY, "--store", store,
-                 "--quiet")
+                 "--quiet", "--workers", "1")
     assert res.exit_code == 2 and "Traceback" not in res.stderr
     lines = res.stderr.splitlines()
     assert lines[0].startswith("finished") and len(lines) == 2  # the run recorded before the disk filled
