@@ -11,6 +11,7 @@ as ``(N, L1, L2, 2)`` with the last axis (real, imaginary).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -91,6 +92,31 @@ class Target:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({inner})"
+
+
+#: the ``smoke`` preset every built-in target uses: seconds on a CPU, for tests
+SMOKE: dict[str, Any] = {
+    "steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1, "width": 16,
+    "eval_every": 10, "eval_samples": 512, "final_samples": 2048, "save_samples": 512,
+    "checkpoint_every": 10, "lr_patience": 20,
+}
+
+
+def is_real(v: Any) -> bool:
+    """A finite int or float (not a bool): the type check of real-valued plugin parameters."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def lattice_shape(shape: Any, who: str) -> tuple[int, int]:
+    """Validate a 2-D lattice size ``[L1, L2]`` (each >= 1) for target ``who``."""
+    check(isinstance(shape, (list, tuple)) and len(shape) == 2 and all(is_int(s) and s >= 1 for s in shape),
+          f"{who}: 'shape' must be two integers >= 1 (a 2-D lattice), got {shape!r}")
+    return int(shape[0]), int(shape[1])
 
 
 def check(cond: bool, message: str) -> None:

@@ -22,11 +22,8 @@ import torch
 from scipy.special import logsumexp, softmax
 from torch import Tensor
 
-from sesamo_bench.target import Target, check
+from sesamo_bench.target import check, is_real, SMOKE, Target
 
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class GaussianMixture(Target):
@@ -49,10 +46,7 @@ class GaussianMixture(Target):
     dtype = None
 
     presets = {
-        "smoke": {"steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1,
-                  "width": 16, "eval_every": 10, "eval_samples": 512, "final_samples": 2048,
-                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20,
-                  "methods": {"realnvp": {"prior_var": 20.0}}},
+        "smoke": {**SMOKE, "methods": {"realnvp": {"prior_var": 20.0}}},
         "quick": {"steps": 4000, "batch_size": 2048, "lr": 2e-3, "lr_schedule": "cosine", "couplings": 6,
                   "hidden_layers": 4, "width": 40, "lr_breaking": 1e-2, "penalty_a": 10.0, "eval_every": 100,
                   "eval_samples": 4096,
@@ -67,8 +61,8 @@ class GaussianMixture(Target):
     def __init__(self, *, n: int = 8, radius: float = 12.0, b: float = 0.0):
         check(isinstance(n, int) and not isinstance(n, bool) and n >= 2,
               f"gaussian-mixture: 'n' must be an integer >= 2, got {n!r}")
-        check(_is_real(radius) and radius > 0, f"gaussian-mixture: 'radius' must be a number > 0, got {radius!r}")
-        check(_is_real(b), f"gaussian-mixture: 'b' must be a finite number, got {b!r}")
+        check(is_real(radius) and radius > 0, f"gaussian-mixture: 'radius' must be a number > 0, got {radius!r}")
+        check(is_real(b), f"gaussian-mixture: 'b' must be a finite number, got {b!r}")
         self.n, self.radius, self.b = n, float(radius), float(b)
         self.shape = (2,)
         ang = 2 * math.pi * np.arange(n) / n

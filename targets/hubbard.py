@@ -38,15 +38,9 @@ import torch
 from scipy.special import log_ndtr, logsumexp
 from torch import Tensor
 
-from sesamo_bench.target import Target, check
+from sesamo_bench.target import check, is_int, is_real, SMOKE, Target
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def hopping_matrix(sites: int) -> np.ndarray:
@@ -113,9 +107,7 @@ class Hubbard(Target):
     dtype = torch.float64
 
     presets = {
-        "smoke": {"steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1,
-                  "width": 16, "eval_every": 10, "eval_samples": 512, "final_samples": 2048,
-                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20, "prior_var": 18.0},
+        "smoke": {**SMOKE, "prior_var": 18.0},
         "quick": {"steps": 3000, "batch_size": 2048, "lr": 2e-3, "lr_schedule": "cosine", "couplings": 6,
                   "hidden_layers": 2, "width": 40, "prior_var": 18.0, "lr_breaking": 1e-2, "penalty_a": 10.0,
                   "eval_every": 100, "eval_samples": 4096, "final_samples": 65536, "checkpoint_every": 500},
@@ -127,11 +119,11 @@ class Hubbard(Target):
 
     def __init__(self, *, u: float = 18.0, beta: float = 1.0, kappa: float = 1.0, nt: int = 1,
                  sites: int = 2):
-        check(_is_real(u) and u > 0, f"hubbard: 'u' must be a number > 0, got {u!r}")
-        check(_is_real(beta) and beta > 0, f"hubbard: 'beta' must be a number > 0, got {beta!r}")
-        check(_is_real(kappa) and kappa >= 0, f"hubbard: 'kappa' must be a number >= 0, got {kappa!r}")
-        check(_is_int(nt) and nt >= 1, f"hubbard: 'nt' must be an integer >= 1, got {nt!r}")
-        check(_is_int(sites) and sites >= 2, f"hubbard: 'sites' must be an integer >= 2, got {sites!r}")
+        check(is_real(u) and u > 0, f"hubbard: 'u' must be a number > 0, got {u!r}")
+        check(is_real(beta) and beta > 0, f"hubbard: 'beta' must be a number > 0, got {beta!r}")
+        check(is_real(kappa) and kappa >= 0, f"hubbard: 'kappa' must be a number >= 0, got {kappa!r}")
+        check(is_int(nt) and nt >= 1, f"hubbard: 'nt' must be an integer >= 1, got {nt!r}")
+        check(is_int(sites) and sites >= 2, f"hubbard: 'sites' must be an integer >= 2, got {sites!r}")
         check(nt == 1 or sites % 2 == 0,
               f"hubbard: 'sites' must be even when nt > 1 (odd rings are not bipartite and "
               f"det M[x] det M[-x] can be negative), got sites={sites}, nt={nt}")

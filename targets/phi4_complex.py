@@ -11,17 +11,13 @@ alpha > 0.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sesamo_bench.target import Target, check
+from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class Phi4Complex(Target):
@@ -43,9 +39,7 @@ class Phi4Complex(Target):
     dtype = None
 
     presets = {
-        "smoke": {"steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1,
-                  "width": 16, "eval_every": 10, "eval_samples": 512, "final_samples": 2048,
-                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20},
+        "smoke": SMOKE,
         "quick": {"steps": 6000, "batch_size": 1024, "lr": 1e-3, "lr_schedule": "cosine", "couplings": 6,
                   "hidden_layers": 2, "width": 100, "eval_every": 250, "eval_samples": 4096,
                   "final_samples": 32768, "checkpoint_every": 1000},
@@ -56,13 +50,10 @@ class Phi4Complex(Target):
 
     def __init__(self, *, shape: list[int] = [8, 8], kappa: float = 0.3, lam: float = 0.022,  # noqa: B006
                  alpha: float = 0.0):
-        check(isinstance(shape, (list, tuple)) and len(shape) == 2
-              and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape),
-              f"phi4-complex: 'shape' must be two integers >= 1 (a 2-D lattice), got {shape!r}")
-        check(_is_real(kappa), f"phi4-complex: 'kappa' must be a finite number, got {kappa!r}")
-        check(_is_real(lam) and lam >= 0, f"phi4-complex: 'lam' must be a number >= 0, got {lam!r}")
-        check(_is_real(alpha) and alpha >= 0, f"phi4-complex: 'alpha' must be a number >= 0, got {alpha!r}")
-        self.lattice = (int(shape[0]), int(shape[1]))
+        self.lattice = lattice_shape(shape, "phi4-complex")
+        check(is_real(kappa), f"phi4-complex: 'kappa' must be a finite number, got {kappa!r}")
+        check(is_real(lam) and lam >= 0, f"phi4-complex: 'lam' must be a number >= 0, got {lam!r}")
+        check(is_real(alpha) and alpha >= 0, f"phi4-complex: 'alpha' must be a number >= 0, got {alpha!r}")
         self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
         #: field shape (L1, L2, 2); the constructor's ``shape`` is the lattice, see :meth:`params`
         self.shape = (*self.lattice, 2)

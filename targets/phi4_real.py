@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sesamo_bench.target import Target, check
+from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
 #: the paper's fit of the magnetisation histogram at alpha = 0 (App. H.3): A, mu, sigma
 FIT = {"A": 0.499, "mu": 2.126, "sigma": 0.629}
@@ -37,15 +37,6 @@ def breaking_ratio_eq56(alpha: float, volume: int, mu: float = FIT["mu"], sigma:
     return 1 - (lo * (1 + math.erf(tau_m)) + hi * (1 + math.erf(tau_p))) / (1 + e)
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def lattice_shape(shape: Any, who: str) -> tuple[int, int]:
-    check(isinstance(shape, (list, tuple)) and len(shape) == 2
-          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape),
-          f"{who}: 'shape' must be two integers >= 1 (a 2-D lattice), got {shape!r}")
-    return int(shape[0]), int(shape[1])
 
 
 class Phi4Real(Target):
@@ -69,9 +60,7 @@ class Phi4Real(Target):
     dtype = None
 
     presets = {
-        "smoke": {"steps": 30, "batch_size": 256, "lr": 1e-3, "couplings": 2, "hidden_layers": 1,
-                  "width": 16, "eval_every": 10, "eval_samples": 512, "final_samples": 2048,
-                  "save_samples": 512, "checkpoint_every": 10, "lr_patience": 20},
+        "smoke": SMOKE,
         "quick": {"steps": 6000, "batch_size": 1024, "lr": 1e-3, "lr_schedule": "cosine", "couplings": 6,
                   "hidden_layers": 2, "width": 100, "lr_breaking": 1e-2, "eval_every": 250, "eval_samples": 4096,
                   "final_samples": 32768, "checkpoint_every": 1000},
@@ -83,9 +72,9 @@ class Phi4Real(Target):
     def __init__(self, *, shape: list[int] = [16, 8], kappa: float = 0.3, lam: float = 0.022,  # noqa: B006
                  alpha: float = 0.0):
         self.lattice = lattice_shape(shape, "phi4-real")
-        check(_is_real(kappa), f"phi4-real: 'kappa' must be a finite number, got {kappa!r}")
-        check(_is_real(lam) and lam >= 0, f"phi4-real: 'lam' must be a number >= 0, got {lam!r}")
-        check(_is_real(alpha) and alpha >= 0, f"phi4-real: 'alpha' must be a number >= 0, got {alpha!r}")
+        check(is_real(kappa), f"phi4-real: 'kappa' must be a finite number, got {kappa!r}")
+        check(is_real(lam) and lam >= 0, f"phi4-real: 'lam' must be a number >= 0, got {lam!r}")
+        check(is_real(alpha) and alpha >= 0, f"phi4-real: 'alpha' must be a number >= 0, got {alpha!r}")
         self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
         self.shape = self.lattice
 
