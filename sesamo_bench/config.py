@@ -21,6 +21,7 @@ PRESETS = ("smoke", "quick", "paper")
 DTYPES = ("auto", "float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("plateau", "cosine")
+KERNELS = ("auto", "onednn", "aten")  # sesamo_bench.kernels.KERNELS (not imported: config stays torch-free)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class RunConfig:
     dtype: str = "auto"
     compile: bool = False
     threads: int = 0  # CPU intra-op threads (0: torch default); an execution setting like device
+    kernels: str = "auto"  # MLP kernels: auto (fused oneDNN on float32 CPU where available), onednn, aten
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}
@@ -115,6 +117,8 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
         raise ConfigError(f"{where}: 'lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {value!r}")
     if key == "dtype" and value not in DTYPES:
         raise ConfigError(f"{where}: 'dtype' must be one of {', '.join(DTYPES)}, got {value!r}")
+    if key == "kernels" and value not in KERNELS:
+        raise ConfigError(f"{where}: 'kernels' must be one of {', '.join(KERNELS)}, got {value!r}")
     if key == "device" and value not in DEVICES:
         raise ConfigError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {value!r}")
     return value

@@ -59,10 +59,14 @@ class Standardized(nn.Module):
         self.dim = flow.dim
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mean == 0.0 and self.std == 1.0:  # unit prior: skip two passes and their backward
+            return self.inner(z)
         y, ladj = self.inner((z - self.mean) / self.std)
         return self.mean + self.std * y, ladj
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mean == 0.0 and self.std == 1.0:
+            return self.inner.inverse(x)
         z, ladj = self.inner.inverse((x - self.mean) / self.std)
         return self.mean + self.std * z, ladj
 
@@ -87,14 +91,15 @@ class Method(nn.Module):
             METHODS[cls.name] = cls
 
     def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, arch: dict[str, Any],
-                 prior_mean: float = 0.0, prior_var: float = 1.0):
+                 prior_mean: float = 0.0, prior_var: float = 1.0, kernels: str = "auto"):
         super().__init__()
         self.shape = tuple(shape)
         self.symmetry = symmetry
         dim = self.flow_dim()
         flow_shape = self.shape if dim == _prod(self.shape) else (dim,)
         self.prior = GaussianPrior(dim, mean=prior_mean, var=prior_var)
-        self.flow = Standardized(RealNVP(dim, shape=flow_shape, **arch), mean=prior_mean, std=prior_var**0.5)
+        self.flow = Standardized(RealNVP(dim, shape=flow_shape, kernels=kernels, **arch), mean=prior_mean,
+                                 std=prior_var**0.5)
 
     def flow_dim(self) -> int:
         return _prod(self.shape)

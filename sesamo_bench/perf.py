@@ -3,14 +3,19 @@ r"""Training-throughput benchmark (issue 6): this project's training step agains
 :func:`run_perf` measures, in one process and with the same thread settings:
 
 - ``matmul``: the machine's dense matmul rate (``torch.mm`` of ``n x n`` matrices, best of a few
-  repetitions) in float32 and float64;
+  repetitions) in float32 and float64, and in float32 also through oneDNN
+  (``mkldnn::_linear_pointwise``, the operator of :mod:`sesamo_bench.kernels`): on AMD CPUs
+  ``torch.mm`` runs MKL's AVX2 code and oneDNN is about twice as fast, so the step's FLOP rate is
+  reported against both;
 - ``throughput``: steps/s and samples/s of one full training step of this project (prior sample,
   flow, symmetry modulation, target action, loss Eq. 18 with penalty, backward, Adam step,
   scheduler; the body of :func:`sesamo_bench.train.train`, built with
   :func:`sesamo_bench.train.build`) for ``sesamo`` and ``realnvp``, and of the same RealNVP
   architecture built with normflows (affine coupling blocks, MLP conditioners of the same
   couplings / hidden layers / width / ReLU, fixed Gaussian base, reverse KL on the same action);
-  the ratio ours / peer; and the achieved FLOP rate of the step as a fraction of the matmul rate;
+  the ratio ours / peer; the ``realnvp`` step once more with ``kernels="aten"`` (the plain PyTorch
+  MLP), which separates the gain of the fused kernels from the rest; and the achieved FLOP rate
+  of the step as a fraction of the matmul rates;
 - ``volume``: step time against lattice volume (complex phi^4, L x L) and Hubbard time slices Nt;
 - ``ess``: wall time until SESaMo first reaches a target ESS on the quick preset.
 
@@ -75,6 +80,24 @@ def matmul_rate(n: int = 2048, *, dtype: torch.dtype = torch.float32, reps: int 
         t = time.perf_counter()
         torch.mm(a, b, out=out)
         _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def onednn_rate(n: int = 2048, *, reps: int = 5) -> float | None:
+    """Best-of-``reps`` float32 FLOP/s of oneDNN's ``_linear_pointwise`` on ``n x n`` matrices (CPU);
+    ``None`` where this PyTorch build lacks the operator."""
+    from . import kernels
+
+    if not kernels.available():
+        return None
+    a, b = torch.randn(n, n, dtype=torch.float32), torch.randn(n, n, dtype=torch.float32)
+    lin = torch.ops.mkldnn._linear_pointwise
+    lin(a, b, None, "none", [], "")
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        lin(a, b, None, "none", [], "")
         best = min(best, time.perf_counter() - t)
     return 2.0 * n**3 / best
 
@@ -216,12 +239,13 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
     overrides = dict(overrides or {})
     fns: dict[str, Callable[[], Any]] = {}
     info: dict[str, Any] = {}
-    for method in ("sesamo", "realnvp"):
-        cfg = _cfg(target, method, preset, batch, overrides, device)
+    for key, method, extra in (("sesamo", "sesamo", {}), ("realnvp", "realnvp", {}),
+                               ("realnvp_aten", "realnvp", {"kernels": "aten"})):
+        cfg = _cfg(target, method, preset, batch, {**overrides, **extra}, device)
         step, model, tgt = project_step(cfg)
-        fns[method] = step
-        info[method] = {"params": n_params(model.flow), "flops": mlp_flops(model.flow, cfg.batch_size),
-                        "flow_dim": model.flow.dim}
+        fns[key] = step
+        info[key] = {"params": n_params(model.flow), "flops": mlp_flops(model.flow, cfg.batch_size),
+                     "flow_dim": model.flow.dim}
         dtype = next(model.parameters()).dtype
         dev = next(model.parameters()).device
     if peer:
@@ -231,6 +255,7 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
                              "flow_dim": math.prod(tgt.shape)}
     t = time_interleaved(fns, reps=reps, device=dev)
     rate = rates.get(str(dtype).replace("torch.", ""))
+    best = max(rate or 0.0, rates.get(f"{str(dtype).replace('torch.', '')}_onednn") or 0.0) or None
     row: dict[str, Any] = {"target": target, "preset": preset, "batch": cfg.batch_size,
                            "arch": f"{cfg.couplings}x{cfg.hidden_layers}x{cfg.width}",
                            "dtype": str(dtype).replace("torch.", ""), "shape": list(tgt.shape)}
@@ -239,7 +264,9 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
         row[k] = {**info[k], "step_ms_min": 1e3 * v["min_s"], "step_ms_median": 1e3 * v["median_s"],
                   "steps_per_s": sps, "samples_per_s": sps * cfg.batch_size,
                   "gflops": info[k]["flops"] * sps / 1e9,
-                  "matmul_fraction": info[k]["flops"] * sps / rate if rate else None}
+                  "matmul_fraction": info[k]["flops"] * sps / rate if rate else None,
+                  "best_matmul_fraction": info[k]["flops"] * sps / best if best else None}
+    row["ratio_realnvp_vs_aten"] = row["realnvp"]["steps_per_s"] / row["realnvp_aten"]["steps_per_s"]
     if peer:
         row["ratio_realnvp_vs_peer"] = row["realnvp"]["steps_per_s"] / row["normflows"]["steps_per_s"]
         row["ratio_sesamo_vs_peer"] = row["sesamo"]["steps_per_s"] / row["normflows"]["steps_per_s"]
@@ -388,6 +415,9 @@ def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] |
         say("matmul rate")
         for dt in (torch.float32, torch.float64):
             rates[str(dt).replace("torch.", "")] = matmul_rate(2048, dtype=dt, device=device)
+        fast = onednn_rate(2048) if device == "cpu" else None
+        if fast:
+            rates["float32_onednn"] = fast
         out["matmul"] = {"n": 2048, "gflops": {k: v / 1e9 for k, v in rates.items()}}
     if "throughput" in opt.sections:
         out["throughput"] = []
@@ -426,8 +456,9 @@ def render(res: dict[str, Any]) -> str:
              f"load average {m.get('loadavg')} -> {m.get('loadavg_end')}"]
     if "matmul" in res:
         g = res["matmul"]["gflops"]
-        parts.append(f"matmul {res['matmul']['n']}^3: float32 {g['float32']:.0f} GFLOP/s, "
-                     f"float64 {g['float64']:.0f} GFLOP/s")
+        fast = f", float32 through oneDNN {g['float32_onednn']:.0f} GFLOP/s" if g.get("float32_onednn") else ""
+        parts.append(f"matmul {res['matmul']['n']}^3 (torch.mm): float32 {g['float32']:.0f} GFLOP/s, "
+                     f"float64 {g['float64']:.0f} GFLOP/s{fast}")
     if res.get("throughput"):
         rows = []
         for r in res["throughput"]:
@@ -437,12 +468,17 @@ def render(res: dict[str, Any]) -> str:
                          f"{peer['steps_per_s']:.1f}" if peer else "-",
                          f"{r['ratio_realnvp_vs_peer']:.2f}" if peer else "-",
                          f"{r['ratio_sesamo_vs_peer']:.2f}" if peer else "-",
+                         f"{r['ratio_realnvp_vs_aten']:.2f}",
                          f"{r['realnvp']['samples_per_s']:.0f}",
                          _pct(r["realnvp"]["matmul_fraction"]), _pct(r["sesamo"]["matmul_fraction"]),
-                         _pct(peer["matmul_fraction"]) if peer else "-"])
+                         _pct(peer["matmul_fraction"]) if peer else "-",
+                         _pct(r["realnvp"].get("best_matmul_fraction")), _pct(r["sesamo"].get("best_matmul_fraction"))])
         parts.append(tabulate(rows, headers=["target", "preset", "arch", "batch", "dtype", "sesamo st/s",
                                              "realnvp st/s", "normflows st/s", "realnvp/peer", "sesamo/peer",
-                                             "realnvp samples/s", "realnvp %mm", "sesamo %mm", "peer %mm"]))
+                                             "realnvp/aten", "realnvp samples/s", "realnvp %mm", "sesamo %mm",
+                                             "peer %mm", "realnvp %best", "sesamo %best"]))
+        parts.append("%mm: MLP FLOP rate of the step / torch.mm rate of its dtype; %best: / the best of torch.mm "
+                     "and oneDNN; realnvp/aten: the fused kernels against kernels=aten (the plain PyTorch MLP)")
     if res.get("volume"):
         parts.append(tabulate([[r["target"], r["size"], r["components"], r["batch"], f"{r['step_ms_min']:.1f}",
                                 f"{r['step_ms_median']:.1f}", f"{r['gflops']:.0f}"] for r in res["volume"]],

@@ -12,7 +12,7 @@ duplicating rows. Files in a run directory are written atomically (temporary fil
 one line naming the path.
 
 A run's ``run_id`` is a 12-hex-digit hash of its resolved configuration (without the
-execution-only fields ``device``, ``threads``, ``compile``) and its benchmark name, so running
+execution-only fields ``device``, ``threads``, ``compile``, ``kernels``) and its benchmark name, so running
 the same thing again finds the same row (``run --resume``).
 """
 
@@ -44,7 +44,7 @@ COLUMNS: dict[str, str] = {
     "started": "TEXT", "finished": "TEXT", "error": "TEXT",
 }
 JSON_COLUMNS = ("params", "config", "provenance", "metrics", "history")
-EXECUTION_ONLY = ("device", "threads", "compile")
+EXECUTION_ONLY = ("device", "threads", "compile", "kernels")
 
 
 def run_id(config: dict[str, Any], benchmark: str | None = None) -> str:

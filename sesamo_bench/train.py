@@ -101,7 +101,7 @@ def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
     if mcls.needs_symmetry or cfg.symmetry:
         sym = build_symmetry(cfg, target)
         check_exact(sym, target)
-    kwargs = dict(arch=cfg.arch(), prior_mean=cfg.prior_mean, prior_var=cfg.prior_var)
+    kwargs = dict(arch=cfg.arch(), prior_mean=cfg.prior_mean, prior_var=cfg.prior_var, kernels=cfg.kernels)
     try:
         model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
     except (TypeError, ValueError) as exc:

@@ -1,0 +1,132 @@
+r"""Fused CPU kernels for the coupling MLPs: one autograd node per ReLU MLP, run by oneDNN.
+
+PyTorch ships two CPU matrix-product libraries. ``addmm`` and ``mm`` go to MKL, which on AMD
+processors runs its AVX2 code (about half the machine's AVX-512 rate); oneDNN, which PyTorch uses
+for ``torch.compile``'s CPU code and exposes as ``mkldnn::_linear_pointwise``, runs AVX-512 on
+both vendors and applies the bias and the ReLU inside the product, so a hidden layer is one pass
+over its activations instead of two. :class:`ReLUMLPFunction` runs a whole MLP
+``Linear -> ReLU -> ... -> Linear`` as one autograd node on these operators:
+
+- forward: ``h_{k+1} = relu(h_k W_k^T + b_k)`` by ``_linear_pointwise`` (bias and ReLU fused);
+  the hidden activations are saved, nothing else;
+- backward, layer by layer from the top: the weight and bias gradients ``g^T h_k`` and
+  ``sum_n g`` by oneDNN's inner-product backward (one call for both; MKL's ``mm`` and a sum for
+  layers narrower than :data:`IP_MIN_WIDTH`), the input gradient ``g W_k`` by
+  ``_linear_pointwise``, and the ReLU mask applied in place from the saved output.
+
+The result equals the plain ``nn.Sequential`` forward and backward up to float32 rounding
+(summation order differs; checked in ``tests/test_kernels.py`` against autograd of the plain
+module). First-order only; float32 on CPU only (oneDNN has no float64 matrix product).
+
+:func:`available` probes the operators once (PyTorch builds without oneDNN, or a future
+release that renames them, fall back to the plain path). Selection is per flow
+(:class:`sesamo_bench.flows.RealNVP` ``kernels="auto" | "onednn" | "aten"``); inside
+``torch.compile`` the plain path is traced instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+KERNELS = ("auto", "onednn", "aten")
+#: weight gradients of layers at least this wide on both sides go through oneDNN's inner-product
+#: backward (its two layout conversions cost more than they save on narrower layers, where MKL's
+#: ``mm`` is used)
+IP_MIN_WIDTH = 64
+#: with ``kernels="auto"`` the fused path is taken when batch x width reaches this many elements;
+#: below it oneDNN's per-call overhead outweighs its faster products (measured crossover: batch
+#: 2048 at width 40, one thread; batch 1024 at width 100 is already 1.2x faster fused)
+AUTO_MIN_ELEMENTS = 65536
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether this PyTorch build runs the oneDNN MLP kernels correctly (probed once)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        gen = torch.Generator().manual_seed(0)
+        f32 = dict(generator=gen, dtype=torch.float32)
+        x = torch.randn(5, 3, **f32)
+        w, b = torch.randn(4, 3, **f32), torch.randn(4, **f32)
+        ref = torch.relu(torch.addmm(b, x, w.t()))
+        out = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+        g = torch.randn(5, 4, **f32)
+        gw, gb = torch.ops.aten.mkldnn_linear_backward_weights(g.to_mkldnn(), x.to_mkldnn(), w.to_mkldnn(), True)
+        return (torch.allclose(out, ref, atol=1e-5) and torch.allclose(gw.to_dense(), g.t() @ x, atol=1e-5)
+                and torch.allclose(gb.to_dense(), g.sum(0), atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def check(name: str) -> str:
+    """Validate a ``kernels`` setting (raises :class:`ConfigError`)."""
+    if name not in KERNELS:
+        raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}; got {name!r}")
+    if name == "onednn" and not available():
+        raise ConfigError("kernels 'onednn': this PyTorch build has no working oneDNN linear operators; "
+                          "use kernels=auto or aten")
+    return name
+
+
+def applies(kernels: str, x: Tensor, relu: bool, width: int) -> bool:
+    """Whether an MLP with these settings and hidden ``width`` runs the fused kernels on ``x``."""
+    if kernels == "aten" or not relu or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
+        return False
+    if kernels == "auto" and x.shape[0] * width < AUTO_MIN_ELEMENTS:
+        return False
+    return not torch.compiler.is_compiling() and available()  # compiled code uses the compiler's kernels
+
+
+def relu_mlp(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
+    r"""``Linear -> ReLU -> ... -> Linear`` on ``x`` ``(N, n_in)`` with the fused kernels.
+
+    ``weights[k]`` is ``(n_{k+1}, n_k)`` as in :class:`torch.nn.Linear`; returns ``(N, n_out)``.
+    """
+    return ReLUMLPFunction.apply(x, *[t for wb in zip(weights, biases) for t in wb])
+
+
+class ReLUMLPFunction(torch.autograd.Function):
+    """Autograd node of :func:`relu_mlp`; arguments ``(x, W_0, b_0, W_1, b_1, ...)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:  # noqa: D102
+        weights, biases = params[0::2], params[1::2]
+        last = len(weights) - 1
+        inputs = [x]
+        h = x
+        for k, (w, b) in enumerate(zip(weights, biases)):
+            h = torch.ops.mkldnn._linear_pointwise(h, w, b, "relu" if k < last else "none", [], "")
+            if k < last:
+                inputs.append(h)
+        ctx.save_for_backward(*inputs, *weights)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        saved = ctx.saved_tensors
+        n = len(saved) // 2
+        inputs, weights = saved[:n], saved[n:]
+        grads: list[Tensor | None] = [None] * (2 * n)
+        gx = None
+        g = g.contiguous()
+        for k in reversed(range(n)):
+            h, w = inputs[k], weights[k]
+            if min(w.shape) >= IP_MIN_WIDTH:
+                gw, gb = torch.ops.aten.mkldnn_linear_backward_weights(g.to_mkldnn(), h.to_mkldnn(), w.to_mkldnn(),
+                                                                       True)
+                grads[2 * k], grads[2 * k + 1] = gw.to_dense(), gb.to_dense()
+            else:
+                grads[2 * k], grads[2 * k + 1] = torch.mm(g.t(), h), g.sum(0)
+            if k > 0 or ctx.needs_input_grad[0]:
+                gin = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
+                if k > 0:  # ReLU: pass the gradient where the saved output is positive (in place)
+                    g = torch.ops.aten.threshold_backward.grad_input(gin, h, 0, grad_input=gin)
+                else:
+                    gx = gin
+        return (gx, *grads)
