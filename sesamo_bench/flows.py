@@ -171,6 +171,7 @@ class RealNVP(nn.Module):
         shape: field shape used for the checkerboard split (defaults to ``(dim,)``).
         couplings, hidden_layers, width, activation: the paper's N_C, N_L, N_N and activation.
         scale_bound: bound of the per-layer log-scale.
+        kernels: the MLPs' kernels, ``"auto"`` | ``"onednn"`` | ``"aten"`` (:mod:`sesamo_bench.kernels`).
 
     Example:
         >>> f = RealNVP(4, couplings=2, hidden_layers=1, width=8).double()

@@ -78,3 +78,20 @@ def test_perf_command_measures_matmul_and_rejects_bad_names(tmp_path):
     assert "GFLOP/s" in res.output and out.exists()
     bad = runner.invoke(app, ["perf", "--targets", "nope", "--sections", "throughput"])
     assert bad.exit_code == 2 and "Unknown target 'nope'" in bad.output
+
+
+def test_throughput_row_reports_ratios_and_both_matmul_fractions():
+    from sesamo_bench import kernels
+
+    rates = {"float32": 1e11, "float32_onednn": 2e11, "float64": 5e10}
+    row = perf.throughput_row("gaussian-mixture", "smoke", 64, reps=1, device="cpu", rates=rates, peer=False)
+    for key in ("sesamo", "realnvp", "realnvp_aten"):
+        r = row[key]
+        assert r["steps_per_s"] > 0 and r["flops"] > 0
+        assert r["matmul_fraction"] == pytest.approx(r["flops"] * r["steps_per_s"] / 1e11)
+        assert r["best_matmul_fraction"] == pytest.approx(r["matmul_fraction"] / 2)  # against the faster rate
+    sps = {k: row[k]["steps_per_s"] for k in ("realnvp", "realnvp_aten")}
+    assert row["ratio_realnvp_vs_aten"] == pytest.approx(sps["realnvp"] / sps["realnvp_aten"])
+    assert "ratio_realnvp_vs_peer" not in row
+    if kernels.available():
+        assert perf.onednn_rate(64, reps=1) > 0
