@@ -21,7 +21,7 @@ PRESETS = ("smoke", "quick", "paper")
 DTYPES = ("auto", "float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("plateau", "cosine")
-KERNELS = ("auto", "onednn", "aten")  # sesamo_bench.kernels.KERNELS (not imported: config stays torch-free)
+KERNELS = ("auto", "onednn", "aten")  # the coupling MLPs' kernels (sesamo_bench.kernels)
 
 
 @dataclass

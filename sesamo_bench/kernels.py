@@ -31,9 +31,9 @@ import functools
 import torch
 from torch import Tensor
 
+from .config import KERNELS
 from .errors import ConfigError
 
-KERNELS = ("auto", "onednn", "aten")
 #: weight gradients of layers at least this wide on both sides go through oneDNN's inner-product
 #: backward (its two layout conversions cost more than they save on narrower layers, where MKL's
 #: ``mm`` is used)

@@ -73,15 +73,7 @@ def matmul_rate(n: int = 2048, *, dtype: torch.dtype = torch.float32, reps: int 
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     out = torch.empty(n, n, dtype=dtype, device=device)
-    torch.mm(a, b, out=out)
-    best = math.inf
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        torch.mm(a, b, out=out)
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
+    return _best_rate(lambda: torch.mm(a, b, out=out), 2.0 * n**3, reps=reps, device=device)
 
 
 def onednn_rate(n: int = 2048, *, reps: int = 5) -> float | None:
@@ -92,14 +84,20 @@ def onednn_rate(n: int = 2048, *, reps: int = 5) -> float | None:
     if not kernels.available():
         return None
     a, b = torch.randn(n, n, dtype=torch.float32), torch.randn(n, n, dtype=torch.float32)
-    lin = torch.ops.mkldnn._linear_pointwise
-    lin(a, b, None, "none", [], "")
+    return _best_rate(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), 2.0 * n**3, reps=reps)
+
+
+def _best_rate(fn: Callable[[], Any], flops: float, *, reps: int, device: Any = "cpu") -> float:
+    """``flops`` over the shortest of ``reps`` timed calls of ``fn`` (after one untimed call)."""
+    fn()
     best = math.inf
     for _ in range(reps):
+        _sync(device)
         t = time.perf_counter()
-        lin(a, b, None, "none", [], "")
+        fn()
+        _sync(device)
         best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
+    return flops / best
 
 
 def _sync(device: Any) -> None:
