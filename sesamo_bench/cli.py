@@ -588,8 +588,11 @@ def perf_cmd(
     quick: bool = typer.Option(False, "--quick", help="a 1-2 minute subset"),
     sections: Optional[str] = typer.Option(None, "--sections", help="comma list: matmul,throughput,volume,ess,compile"),
     targets: Optional[str] = typer.Option(None, "--targets", help="comma list of targets"),
+    presets: Optional[str] = typer.Option(None, "--presets", help="comma list of quick,paper"),
     batches: Optional[str] = typer.Option(None, "--batches", help="comma list, e.g. 1024,8192"),
     reps: Optional[int] = typer.Option(None, "--reps", min=1, help="timed repetitions"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch intra-op threads (0: torch default; "
+                                "training runs use 1)"),
     no_peer: bool = typer.Option(False, "--no-peer", help="skip the normflows comparison"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON"),
@@ -600,9 +603,12 @@ def perf_cmd(
 
     resolve_device(device)
     opt = PerfOptions.quick_defaults() if quick else PerfOptions()
-    for name, value in (("sections", sections), ("targets", targets)):
+    for name, value in (("sections", sections), ("targets", targets), ("presets", presets)):
         if value:
             setattr(opt, name, tuple(v for v in value.split(",") if v))
+    bad = [p for p in opt.presets if p not in ("quick", "paper")]
+    if bad:
+        raise ConfigError(f"--presets: unknown preset '{bad[0]}'. Allowed: quick, paper")
     if targets:
         from . import plugins
 
@@ -615,7 +621,7 @@ def perf_cmd(
             raise ConfigError(f"--batches expects comma-separated integers, got {batches!r}") from None
     if reps:
         opt.reps = reps
-    opt.device, opt.peer = device, not no_peer
+    opt.device, opt.peer, opt.threads = device, not no_peer, threads
     res = run_perf(opt, log=lambda m: typer.echo(f"... {m}", err=True))
     typer.echo(render(res))
     if out is not None:

@@ -78,6 +78,26 @@ def test_perf_command_measures_matmul_and_rejects_bad_names(tmp_path):
     assert "GFLOP/s" in res.output and out.exists()
     bad = runner.invoke(app, ["perf", "--targets", "nope", "--sections", "throughput"])
     assert bad.exit_code == 2 and "Unknown target 'nope'" in bad.output
+    bad = runner.invoke(app, ["perf", "--presets", "quick,huge", "--sections", "throughput"])
+    assert bad.exit_code == 2 and "unknown preset 'huge'. Allowed: quick, paper" in bad.output
+
+
+def test_perf_command_sets_the_thread_count(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sesamo_bench.cli import app
+
+    before = torch.get_num_threads()
+    out = tmp_path / "perf.json"
+    try:
+        args = ["perf", "--sections", "matmul", "--reps", "1", "--threads", "1", "--out", str(out)]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert json.loads(out.read_text())["machine"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_throughput_row_reports_ratios_and_both_matmul_fractions():
