@@ -1,7 +1,7 @@
 """Training-throughput benchmark (issue 6); see docs/performance.md.
 
-    python benchmarks/perf.py --quick --out perf.json      # ~1-2 minutes on 2 idle cores
-    python benchmarks/perf.py --out perf.json              # full run, < ~15 minutes
+    python benchmarks/perf.py --quick --out perf.json      # ~10 s on 2 idle cores
+    python benchmarks/perf.py --out perf.json              # full run, about a minute
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _strs(s: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a 1-2 minute subset")
+    ap.add_argument("--quick", action="store_true", help="a short subset (GMM and complex phi^4, paper presets; about 10-30 s)")
     ap.add_argument("--sections", type=_strs, help=f"comma list of {','.join(SECTIONS)}")
     ap.add_argument("--targets", type=_strs)
     ap.add_argument("--presets", type=_strs, help="quick,paper")

@@ -357,7 +357,7 @@ def compile_row(target: str, preset: str, batch: int | None, *, reps: int, devic
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class PerfOptions:
-    """What :func:`run_perf` measures. ``quick`` picks a 1-2 minute subset."""
+    """What :func:`run_perf` measures. ``quick`` picks a subset of about 10-30 s."""
 
     sections: tuple[str, ...] = ("matmul", "throughput", "volume", "ess")
     targets: tuple[str, ...] = TARGETS
