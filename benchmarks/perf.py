@@ -23,7 +23,7 @@ def _strs(s: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a short subset (GMM and complex phi^4, paper presets; about 10-30 s)")
+    ap.add_argument("--quick", action="store_true", help="a short subset: GMM and complex phi^4, about 10-30 s")
     ap.add_argument("--sections", type=_strs, help=f"comma list of {','.join(SECTIONS)}")
     ap.add_argument("--targets", type=_strs)
     ap.add_argument("--presets", type=_strs, help="quick,paper")

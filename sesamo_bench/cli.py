@@ -585,7 +585,7 @@ def show_text(rec: dict[str, Any]) -> str:
 
 @app.command("perf")
 def perf_cmd(
-    quick: bool = typer.Option(False, "--quick", help="a short subset (GMM and complex phi^4, paper presets; about 10-30 s)"),
+    quick: bool = typer.Option(False, "--quick", help="a short subset: GMM and complex phi^4, about 10-30 s"),
     sections: Optional[str] = typer.Option(None, "--sections", help="comma list: matmul,throughput,volume,ess,compile"),
     targets: Optional[str] = typer.Option(None, "--targets", help="comma list of targets"),
     presets: Optional[str] = typer.Option(None, "--presets", help="comma list of quick,paper"),
