@@ -22,6 +22,7 @@ DTYPES = ("auto", "float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("plateau", "cosine")
 KERNELS = ("auto", "onednn", "aten")  # the coupling MLPs' kernels (sesamo_bench.kernels)
+MLP_DTYPES = ("auto", "float32", "float64")  # the coupling MLPs' dtype; auto: the run's dtype
 
 
 @dataclass
@@ -66,6 +67,9 @@ class RunConfig:
     # execution
     device: str = "auto"
     dtype: str = "auto"
+    # dtype of the couplings' conditioner MLPs (auto: the run's dtype). The samples, the coupling
+    # transforms, ln q and the action stay in the run's dtype whatever this is (flows.MLP)
+    mlp_dtype: str = "auto"
     compile: bool = False
     threads: int = 0  # CPU intra-op threads (0: torch default); an execution setting like device
     kernels: str = "auto"  # MLP kernels: auto (fused oneDNN on float32 CPU where available), onednn, aten
@@ -117,6 +121,8 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
         raise ConfigError(f"{where}: 'lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {value!r}")
     if key == "dtype" and value not in DTYPES:
         raise ConfigError(f"{where}: 'dtype' must be one of {', '.join(DTYPES)}, got {value!r}")
+    if key == "mlp_dtype" and value not in MLP_DTYPES:
+        raise ConfigError(f"{where}: 'mlp_dtype' must be one of {', '.join(MLP_DTYPES)}, got {value!r}")
     if key == "kernels" and value not in KERNELS:
         raise ConfigError(f"{where}: 'kernels' must be one of {', '.join(KERNELS)}, got {value!r}")
     if key == "device" and value not in DEVICES:

@@ -29,6 +29,12 @@ class MLP(nn.Sequential):
     ``relu_``; other activations run the plain ``nn.Sequential`` forward. All three agree up to
     float32 rounding.
 
+    Mixed precision: an input of another dtype than the weights (a float64 flow whose conditioners
+    were cast to float32, ``--set mlp_dtype=float32``) is cast to the weights' dtype and the output
+    back to the input's. A coupling stays an exact bijection whatever function of x_a gives s and
+    t, and its log-determinant is the sum of s, so the samples, the coupling transforms and ln q
+    keep the flow's precision; only s and t themselves are rounded to float32.
+
     Arguments:
         layers: ``Linear, activation, Linear, ..., Linear``.
         kernels: ``"auto"`` (fused kernels where they apply), ``"onednn"`` or ``"aten"`` (never).
@@ -42,6 +48,9 @@ class MLP(nn.Sequential):
         self._width = max(m.out_features for m in self._linears)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        dtype = self._linears[0].weight.dtype
+        if x.dtype != dtype:
+            return self.forward(x.to(dtype)).to(x.dtype)
         if kernels_mod.applies(self.kernels, x, self._relu, self._width):
             return kernels_mod.relu_mlp(x, [m.weight for m in self._linears], [m.bias for m in self._linears])
         if not self._relu or x.dim() != 2:

@@ -26,7 +26,9 @@ release that renames them, fall back to the plain path). Selection is per flow
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import sys
 
 import torch
 from torch import Tensor
@@ -62,6 +64,29 @@ def available() -> bool:
                 and torch.allclose(gb.to_dense(), g.sum(0), atol=1e-5))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory() -> bool:
+    """Let glibc's ``malloc`` keep the memory a training step frees, for the next step (Linux).
+
+    A step allocates and frees tens of MB of activations. With glibc's defaults the blocks above
+    its (adaptive) mmap threshold go back to the kernel when freed, or the heap top is trimmed,
+    and the next step faults the same pages in again, zero-filled: about 4000 page faults and
+    several ms per step of the GMM paper preset on 2 cores (its step time falls by a fifth when
+    they stop). Called when a CPU run is built; sets the process's mmap threshold to 32 MB
+    (glibc's maximum) and the trim threshold to 1 GB. The resident memory then stays at its peak
+    for the life of the process. Returns whether the settings were applied (not on other C
+    libraries or systems).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def check(name: str) -> str:

@@ -233,31 +233,42 @@ def _targets_available() -> list[str]:
 def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, device: str,
                    rates: dict[str, float], peer: bool = True, overrides: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
-    """steps/s of sesamo, realnvp and the normflows peer for one target / preset / batch."""
+    """steps/s of sesamo, realnvp and the normflows peer for one target / preset / batch.
+
+    Where the preset runs the conditioner MLPs in another dtype than the rest (the Hubbard model:
+    float64 physics, float32 MLPs), ``realnvp_uniform`` is the realnvp step with the MLPs in the
+    run's dtype too, the peer's setting (``ratio_uniform_vs_peer``).
+    """
     overrides = dict(overrides or {})
     fns: dict[str, Callable[[], Any]] = {}
     info: dict[str, Any] = {}
-    for key, method, extra in (("sesamo", "sesamo", {}), ("realnvp", "realnvp", {}),
-                               ("realnvp_aten", "realnvp", {"kernels": "aten"})):
+    variants = [("sesamo", "sesamo", {}), ("realnvp", "realnvp", {}), ("realnvp_aten", "realnvp", {"kernels": "aten"})]
+    if _cfg(target, "realnvp", preset, batch, overrides, device).mlp_dtype not in ("auto", None):
+        variants.append(("realnvp_uniform", "realnvp", {"mlp_dtype": "auto"}))
+    for key, method, extra in variants:
         cfg = _cfg(target, method, preset, batch, {**overrides, **extra}, device)
         step, model, tgt = project_step(cfg)
         fns[key] = step
         info[key] = {"params": n_params(model.flow), "flops": mlp_flops(model.flow, cfg.batch_size),
                      "flow_dim": model.flow.dim}
-        dtype = next(model.parameters()).dtype
-        dev = next(model.parameters()).device
+        if key == "realnvp":
+            dtype = train_mod.resolve_dtype(cfg.dtype, tgt)  # the run's: samples, ln q, action
+            mlp_dtype = train_mod.resolve_mlp_dtype(cfg.mlp_dtype, dtype)
+            dev = next(model.parameters()).device
     if peer:
         pstep, pmodel = peer_step(cfg, tgt, dtype, dev)
         fns["normflows"] = pstep
         info["normflows"] = {"params": n_params(pmodel), "flops": mlp_flops(pmodel, cfg.batch_size),
                              "flow_dim": math.prod(tgt.shape)}
     t = time_interleaved(fns, reps=reps, device=dev)
-    rate = rates.get(str(dtype).replace("torch.", ""))
-    best = max(rate or 0.0, rates.get(f"{str(dtype).replace('torch.', '')}_onednn") or 0.0) or None
     row: dict[str, Any] = {"target": target, "preset": preset, "batch": cfg.batch_size,
                            "arch": f"{cfg.couplings}x{cfg.hidden_layers}x{cfg.width}",
-                           "dtype": str(dtype).replace("torch.", ""), "shape": list(tgt.shape)}
+                           "dtype": _name(dtype), "mlp_dtype": _name(mlp_dtype), "shape": list(tgt.shape)}
     for k, v in t.items():
+        # the FLOPs are the MLPs': rate of the MLPs' dtype (the peer's and realnvp_uniform's is the run's)
+        dt = _name(mlp_dtype if k in ("sesamo", "realnvp", "realnvp_aten") else dtype)
+        rate = rates.get(dt)
+        best = max(rate or 0.0, rates.get(f"{dt}_onednn") or 0.0) or None
         sps = 1.0 / v["min_s"]
         row[k] = {**info[k], "step_ms_min": 1e3 * v["min_s"], "step_ms_median": 1e3 * v["median_s"],
                   "steps_per_s": sps, "samples_per_s": sps * cfg.batch_size,
@@ -268,7 +279,13 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
     if peer:
         row["ratio_realnvp_vs_peer"] = row["realnvp"]["steps_per_s"] / row["normflows"]["steps_per_s"]
         row["ratio_sesamo_vs_peer"] = row["sesamo"]["steps_per_s"] / row["normflows"]["steps_per_s"]
+        if "realnvp_uniform" in row:
+            row["ratio_uniform_vs_peer"] = row["realnvp_uniform"]["steps_per_s"] / row["normflows"]["steps_per_s"]
     return row
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def volume_rows(*, lattices: list[int], nts: list[int], batch: int, reps: int, device: str) -> list[dict[str, Any]]:
@@ -461,10 +478,12 @@ def render(res: dict[str, Any]) -> str:
         rows = []
         for r in res["throughput"]:
             peer = r.get("normflows")
-            rows.append([r["target"], r["preset"], r["arch"], r["batch"], r["dtype"],
+            dtype = r["dtype"] if r.get("mlp_dtype", r["dtype"]) == r["dtype"] else f"{r['dtype']}, MLPs {r['mlp_dtype']}"
+            uniform = f" ({r['ratio_uniform_vs_peer']:.2f})" if peer and "ratio_uniform_vs_peer" in r else ""
+            rows.append([r["target"], r["preset"], r["arch"], r["batch"], dtype,
                          f"{r['sesamo']['steps_per_s']:.1f}", f"{r['realnvp']['steps_per_s']:.1f}",
                          f"{peer['steps_per_s']:.1f}" if peer else "-",
-                         f"{r['ratio_realnvp_vs_peer']:.2f}" if peer else "-",
+                         f"{r['ratio_realnvp_vs_peer']:.2f}{uniform}" if peer else "-",
                          f"{r['ratio_sesamo_vs_peer']:.2f}" if peer else "-",
                          f"{r['ratio_realnvp_vs_aten']:.2f}",
                          f"{r['realnvp']['samples_per_s']:.0f}",
@@ -476,7 +495,8 @@ def render(res: dict[str, Any]) -> str:
                                              "realnvp/aten", "realnvp samples/s", "realnvp %mm", "sesamo %mm",
                                              "peer %mm", "realnvp %best", "sesamo %best"]))
         parts.append("%mm: MLP FLOP rate of the step / torch.mm rate of its dtype; %best: / the best of torch.mm "
-                     "and oneDNN; realnvp/aten: the fused kernels against kernels=aten (the plain PyTorch MLP)")
+                     "and oneDNN; realnvp/aten: the fused kernels against kernels=aten (the plain PyTorch MLP); "
+                     "(x.xx): realnvp/peer with the MLPs in the run's dtype too, as the peer has them")
     if res.get("volume"):
         parts.append(tabulate([[r["target"], r["size"], r["components"], r["batch"], f"{r['step_ms_min']:.1f}",
                                 f"{r['step_ms_median']:.1f}", f"{r['gflops']:.0f}"] for r in res["volume"]],

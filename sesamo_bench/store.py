@@ -12,8 +12,9 @@ duplicating rows. Files in a run directory are written atomically (temporary fil
 one line naming the path.
 
 A run's ``run_id`` is a 12-hex-digit hash of its resolved configuration (without the
-execution-only fields ``device``, ``threads``, ``compile``, ``kernels``) and its benchmark name, so running
-the same thing again finds the same row (``run --resume``).
+execution-only fields ``device``, ``threads``, ``compile``, ``kernels``; fields added since the first
+release are left out while they hold the value that reproduces the earlier behaviour) and its
+benchmark name, so running the same thing again finds the same row (``run --resume``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ COLUMNS: dict[str, str] = {
 }
 JSON_COLUMNS = ("params", "config", "provenance", "metrics", "history")
 EXECUTION_ONLY = ("device", "threads", "compile", "kernels")
+#: fields added after the first release, omitted from the run id at these values (their behaviour
+#: before the field existed), so earlier stores keep their ids
+LATER_FIELDS = {"mlp_dtype": "auto"}
 
 
 def run_id(config: dict[str, Any], benchmark: str | None = None) -> str:
     """Deterministic id of a run: hash of its configuration (less execution-only fields) and benchmark."""
-    d = {k: v for k, v in config.items() if k not in EXECUTION_ONLY}
+    d = {k: v for k, v in config.items()
+         if k not in EXECUTION_ONLY and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     d["benchmark"] = benchmark or ""
     blob = json.dumps(d, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -23,9 +23,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import metrics, plugins
+from . import kernels, metrics, plugins
 from .config import RunConfig
 from .errors import ConfigError, DivergedError, IncompatibleError
+from .flows import MLP
 from .loss import log_weights, penalty, self_reparametrized_kl
 from .methods import Method, method_class
 from .target import Target
@@ -57,6 +58,11 @@ def resolve_dtype(name: str, target: Target) -> torch.dtype:
     if name == "auto":
         return target.dtype or torch.float32
     return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def resolve_mlp_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """dtype of the conditioner MLPs: ``auto`` is the run's ``dtype``."""
+    return dtype if name == "auto" else {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def build_target(cfg: RunConfig) -> Target:
@@ -97,6 +103,8 @@ def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
     target = build_target(cfg)
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
+    if device.type == "cpu":
+        kernels.keep_freed_memory()
     sym = None
     if mcls.needs_symmetry or cfg.symmetry:
         sym = build_symmetry(cfg, target)
@@ -108,7 +116,13 @@ def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
         if isinstance(exc, (ConfigError, IncompatibleError)):
             raise
         raise ConfigError(f"{cfg.method}: {exc}") from None
-    return target, model.to(device=device, dtype=dtype), device, dtype
+    model = model.to(device=device, dtype=dtype)
+    mlp_dtype = resolve_mlp_dtype(cfg.mlp_dtype, dtype)
+    if mlp_dtype != dtype:  # mixed precision: only the conditioners change dtype (flows.MLP)
+        for m in model.modules():
+            if isinstance(m, MLP):
+                m.to(dtype=mlp_dtype)
+    return target, model, device, dtype
 
 
 # ---------------------------------------------------------------------------------------------

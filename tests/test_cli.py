@@ -176,6 +176,7 @@ def test_real_subprocess_run_list_show(tmp_path):
     (["--target", "hubbard", "--seeds", "0,-1"], "seeds must be >= 0"),
     (["--target", "hubbard", "--set", "wings=2"], "unknown key 'wings'"),
     (["--target", "hubbard", "--device", "tpu"], "'device' must be one of"),
+    (["--target", "hubbard", "--set", "mlp_dtype=float16"], "'mlp_dtype' must be one of auto, float32, float64"),
     (["--target", "phi4-complex", "--methods", "canonicalization"], "needs a finite symmetry group"),
     (["--target", "hubbard", "--set", "symmetry.broken=false"], "declared exact but does not leave"),
     (["--target", "phi4-real", "--set", "symmetry.flip=0,200", "--methods", "sesamo"], "z2"),
