@@ -478,7 +478,8 @@ def render(res: dict[str, Any]) -> str:
         rows = []
         for r in res["throughput"]:
             peer = r.get("normflows")
-            dtype = r["dtype"] if r.get("mlp_dtype", r["dtype"]) == r["dtype"] else f"{r['dtype']}, MLPs {r['mlp_dtype']}"
+            mixed = r.get("mlp_dtype", r["dtype"]) != r["dtype"]
+            dtype = f"{r['dtype']}, MLPs {r['mlp_dtype']}" if mixed else r["dtype"]
             uniform = f" ({r['ratio_uniform_vs_peer']:.2f})" if peer and "ratio_uniform_vs_peer" in r else ""
             rows.append([r["target"], r["preset"], r["arch"], r["batch"], dtype,
                          f"{r['sesamo']['steps_per_s']:.1f}", f"{r['realnvp']['steps_per_s']:.1f}",
