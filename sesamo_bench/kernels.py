@@ -9,10 +9,10 @@ over its activations instead of two. :class:`ReLUMLPFunction` runs a whole MLP
 
 - forward: ``h_{k+1} = relu(h_k W_k^T + b_k)`` by ``_linear_pointwise`` (bias and ReLU fused);
   the hidden activations are saved, nothing else;
-- backward, layer by layer from the top: the weight and bias gradients ``g^T h_k`` and
-  ``sum_n g`` by oneDNN's inner-product backward (one call for both; MKL's ``mm`` and a sum for
-  layers narrower than :data:`IP_MIN_WIDTH`), the input gradient ``g W_k`` by
-  ``_linear_pointwise``, and the ReLU mask applied in place from the saved output.
+- backward, layer by layer from the top: the input gradient ``g W_k`` by ``_linear_pointwise``
+  and the ReLU mask applied to it in place from the saved output, then the weight and bias
+  gradients ``g^T h_k`` and ``sum_n g`` by oneDNN's inner-product backward (one call for both;
+  MKL's ``mm`` and a sum for layers narrower than :data:`IP_MIN_WIDTH`).
 
 The result equals the plain ``nn.Sequential`` forward and backward up to float32 rounding
 (summation order differs; checked in ``tests/test_kernels.py`` against autograd of the plain
@@ -142,16 +142,20 @@ class ReLUMLPFunction(torch.autograd.Function):
         g = g.contiguous()
         for k in reversed(range(n)):
             h, w = inputs[k], weights[k]
+            # the input gradient and the ReLU mask first: the mask reads the saved activation h
+            # into the cache, where the weight gradient then finds it
+            g_below = None
+            if k > 0 or ctx.needs_input_grad[0]:
+                gin = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
+                if k > 0:  # ReLU: pass the gradient where the saved output is positive (in place)
+                    g_below = torch.ops.aten.threshold_backward.grad_input(gin, h, 0, grad_input=gin)
+                else:
+                    gx = gin
             if min(w.shape) >= IP_MIN_WIDTH:
                 gw, gb = torch.ops.aten.mkldnn_linear_backward_weights(g.to_mkldnn(), h.to_mkldnn(), w.to_mkldnn(),
                                                                        True)
                 grads[2 * k], grads[2 * k + 1] = gw.to_dense(), gb.to_dense()
             else:
                 grads[2 * k], grads[2 * k + 1] = torch.mm(g.t(), h), g.sum(0)
-            if k > 0 or ctx.needs_input_grad[0]:
-                gin = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
-                if k > 0:  # ReLU: pass the gradient where the saved output is positive (in place)
-                    g = torch.ops.aten.threshold_backward.grad_input(gin, h, 0, grad_input=gin)
-                else:
-                    gx = gin
+            g = g_below
         return (gx, *grads)

@@ -115,3 +115,14 @@ def test_throughput_row_reports_ratios_and_both_matmul_fractions():
     assert "ratio_realnvp_vs_peer" not in row
     if kernels.available():
         assert perf.onednn_rate(64, reps=1) > 0
+
+
+def test_throughput_row_of_a_mixed_precision_preset():
+    rates = {"float32": 1e11, "float64": 5e10}
+    row = perf.throughput_row("hubbard", "smoke", 64, reps=1, device="cpu", rates=rates, peer=False)
+    assert row["dtype"] == "float64" and row["mlp_dtype"] == "float32"
+    for key, rate in (("realnvp", 1e11), ("sesamo", 1e11), ("realnvp_uniform", 5e10)):
+        r = row[key]
+        assert r["matmul_fraction"] == pytest.approx(r["flops"] * r["steps_per_s"] / rate)
+    assert "ratio_uniform_vs_peer" not in row  # no peer measured
+    assert "float64, MLPs float32" in perf.render({"machine": perf.machine_info(), "throughput": [row]})
