@@ -82,10 +82,11 @@ class Phi4Real(Target):
         return {"shape": list(self.lattice), "kappa": self.kappa, "lam": self.lam, "alpha": self.alpha}
 
     def action(self, x: Tensor) -> Tensor:
-        hop = x * (torch.roll(x, -1, 1) + torch.roll(x, -1, 2))
+        hop = (x * (torch.roll(x, -1, 1) + torch.roll(x, -1, 2))).sum((1, 2))
         x2 = x * x
-        site = -2 * self.kappa * hop + (1 - 2 * self.lam) * x2 + self.lam * x2 * x2 + self.alpha * x
-        return site.sum((1, 2))
+        pot = (x2 * (self.lam * x2 + (1 - 2 * self.lam))).sum((1, 2))  # (1 - 2 lam) x^2 + lam x^4
+        f = -2 * self.kappa * hop + pot
+        return f + self.alpha * x.sum((1, 2)) if self.alpha else f
 
     def symmetry(self) -> tuple[str, dict[str, Any]]:
         return "z2", {"broken": self.alpha != 0}
