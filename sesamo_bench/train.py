@@ -54,15 +54,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
 def resolve_dtype(name: str, target: Target) -> torch.dtype:
-    if name == "auto":
-        return target.dtype or torch.float32
-    return {"float32": torch.float32, "float64": torch.float64}[name]
+    return (target.dtype or torch.float32) if name == "auto" else _DTYPES[name]
 
 
 def resolve_mlp_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     """dtype of the conditioner MLPs: ``auto`` is the run's ``dtype``."""
-    return dtype if name == "auto" else {"float32": torch.float32, "float64": torch.float64}[name]
+    return dtype if name == "auto" else _DTYPES[name]
 
 
 def build_target(cfg: RunConfig) -> Target:
