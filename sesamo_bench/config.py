@@ -106,6 +106,11 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
 }
 
 
+#: hyperparameters that take one of a few names
+CHOICES: dict[str, tuple[str, ...]] = {"lr_schedule": LR_SCHEDULES, "dtype": DTYPES, "mlp_dtype": MLP_DTYPES,
+                                       "kernels": KERNELS, "device": DEVICES}
+
+
 def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
     """Coerce ``value`` to the type of hyperparameter ``key`` and check its range."""
     if key not in HYPER:
@@ -117,16 +122,8 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
         if not ok:
             rng = f"{'>=' if inclusive else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
             raise ConfigError(f"{where}: '{key}' must be {rng}, got {value!r}")
-    if key == "lr_schedule" and value not in LR_SCHEDULES:
-        raise ConfigError(f"{where}: 'lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {value!r}")
-    if key == "dtype" and value not in DTYPES:
-        raise ConfigError(f"{where}: 'dtype' must be one of {', '.join(DTYPES)}, got {value!r}")
-    if key == "mlp_dtype" and value not in MLP_DTYPES:
-        raise ConfigError(f"{where}: 'mlp_dtype' must be one of {', '.join(MLP_DTYPES)}, got {value!r}")
-    if key == "kernels" and value not in KERNELS:
-        raise ConfigError(f"{where}: 'kernels' must be one of {', '.join(KERNELS)}, got {value!r}")
-    if key == "device" and value not in DEVICES:
-        raise ConfigError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{where}: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
     return value
 
 
