@@ -21,7 +21,7 @@ PRESETS = ("smoke", "quick", "paper")
 DTYPES = ("auto", "float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("plateau", "cosine")
-KERNELS = ("auto", "onednn", "aten")  # the coupling MLPs' kernels (sesamo_bench.kernels)
+KERNELS = ("auto", "native", "onednn", "aten")  # the coupling MLPs' kernels (sesamo_bench.kernels)
 MLP_DTYPES = ("auto", "float32", "float64")  # the coupling MLPs' dtype; auto: the run's dtype
 
 
@@ -72,7 +72,7 @@ class RunConfig:
     mlp_dtype: str = "auto"
     compile: bool = False
     threads: int = 0  # CPU intra-op threads (0: torch default); an execution setting like device
-    kernels: str = "auto"  # MLP kernels: auto (fused oneDNN on float32 CPU where available), onednn, aten
+    kernels: str = "auto"  # MLP kernels: auto (fused, native or oneDNN, on float32 CPU), native, onednn, aten
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}

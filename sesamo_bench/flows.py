@@ -22,12 +22,11 @@ class MLP(nn.Sequential):
     r"""Linear layers with an activation between them; a subclass of :class:`torch.nn.Sequential`
     (same parameter names, ``0.weight``, ``0.bias``, ``2.weight``, ...).
 
-    With ReLU on float32 CPU inputs the whole MLP is one fused oneDNN node
-    (:mod:`sesamo_bench.kernels`: always with ``kernels="onednn"``, with ``"auto"`` from
-    ``kernels.AUTO_MIN_ELEMENTS`` batch x width elements on). Otherwise, with ReLU, the
-    forward pass is ``addmm`` (bias fused into the matrix product) followed by an in-place
-    ``relu_``; other activations run the plain ``nn.Sequential`` forward. All three agree up to
-    float32 rounding.
+    With ReLU on float32 CPU inputs the whole MLP is one fused autograd node
+    (:mod:`sesamo_bench.kernels`, :func:`~sesamo_bench.kernels.select`): the native kernels, or
+    oneDNN's. Otherwise, with ReLU, the forward pass is ``addmm`` (bias fused into the matrix
+    product) followed by an in-place ``relu_``; other activations run the plain
+    ``nn.Sequential`` forward. All agree up to float32 rounding.
 
     Mixed precision: an input of another dtype than the weights (a float64 flow whose conditioners
     were cast to float32, ``--set mlp_dtype=float32``) is cast to the weights' dtype and the output
@@ -37,7 +36,7 @@ class MLP(nn.Sequential):
 
     Arguments:
         layers: ``Linear, activation, Linear, ..., Linear``.
-        kernels: ``"auto"`` (fused kernels where they apply), ``"onednn"`` or ``"aten"`` (never).
+        kernels: ``"auto"`` (fused kernels where they apply), ``"native"``, ``"onednn"`` or ``"aten"`` (never).
     """
 
     def __init__(self, *layers: nn.Module, kernels: str = "auto"):
@@ -51,8 +50,10 @@ class MLP(nn.Sequential):
         dtype = self._linears[0].weight.dtype
         if x.dtype != dtype:
             return self.forward(x.to(dtype)).to(x.dtype)
-        if kernels_mod.applies(self.kernels, x, self._relu, self._width):
-            return kernels_mod.relu_mlp(x, [m.weight for m in self._linears], [m.bias for m in self._linears])
+        fused = kernels_mod.select(self.kernels, x, self._relu, self._width)
+        if fused is not None:
+            return kernels_mod.relu_mlp(x, [m.weight for m in self._linears], [m.bias for m in self._linears],
+                                        kernels=fused)
         if not self._relu or x.dim() != 2:
             return super().forward(x)
         last = len(self._linears) - 1
@@ -180,7 +181,8 @@ class RealNVP(nn.Module):
         shape: field shape used for the checkerboard split (defaults to ``(dim,)``).
         couplings, hidden_layers, width, activation: the paper's N_C, N_L, N_N and activation.
         scale_bound: bound of the per-layer log-scale.
-        kernels: the MLPs' kernels, ``"auto"`` | ``"onednn"`` | ``"aten"`` (:mod:`sesamo_bench.kernels`).
+        kernels: the MLPs' kernels, ``"auto"`` | ``"native"`` | ``"onednn"`` | ``"aten"``
+            (:mod:`sesamo_bench.kernels`).
 
     Example:
         >>> f = RealNVP(4, couplings=2, hidden_layers=1, width=8).double()

@@ -14,7 +14,8 @@ r"""Training-throughput benchmark (issue 6): this project's training step agains
   architecture built with normflows (affine coupling blocks, MLP conditioners of the same
   couplings / hidden layers / width / ReLU, fixed Gaussian base, reverse KL on the same action);
   the ratio ours / peer; the ``realnvp`` step once more with ``kernels="aten"`` (the plain PyTorch
-  MLP), which separates the gain of the fused kernels from the rest; and the achieved FLOP rate
+  MLP), which separates the gain of the fused kernels from the rest, and, where the native kernels
+  run, with ``kernels="onednn"`` (``realnvp/onednn``: native against oneDNN); and the achieved FLOP rate
   of the step as a fraction of the matmul rates;
 - ``volume``: step time against lattice volume (complex phi^4, L x L) and Hubbard time slices Nt;
 - ``ess``: wall time until SESaMo first reaches a target ESS on the quick preset.
@@ -42,6 +43,8 @@ import torch
 from torch import nn
 
 from . import config as config_mod
+from . import kernels as kernels_mod
+from . import native
 from . import train as train_mod
 
 SECTIONS = ("matmul", "throughput", "volume", "ess", "compile")
@@ -243,8 +246,11 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
     fns: dict[str, Callable[[], Any]] = {}
     info: dict[str, Any] = {}
     variants = [("sesamo", "sesamo", {}), ("realnvp", "realnvp", {}), ("realnvp_aten", "realnvp", {"kernels": "aten"})]
-    if _cfg(target, "realnvp", preset, batch, overrides, device).mlp_dtype not in ("auto", None):
+    base = _cfg(target, "realnvp", preset, batch, overrides, device)
+    if base.mlp_dtype not in ("auto", None):
         variants.append(("realnvp_uniform", "realnvp", {"mlp_dtype": "auto"}))
+    if mlp_kernels(device) == "native" and base.kernels == "auto" and kernels_mod.available():
+        variants.append(("realnvp_onednn", "realnvp", {"kernels": "onednn"}))
     for key, method, extra in variants:
         cfg = _cfg(target, method, preset, batch, {**overrides, **extra}, device)
         step, model, tgt = project_step(cfg)
@@ -266,7 +272,7 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
                            "dtype": _name(dtype), "mlp_dtype": _name(mlp_dtype), "shape": list(tgt.shape)}
     for k, v in t.items():
         # the FLOPs are the MLPs': rate of the MLPs' dtype (the peer's and realnvp_uniform's is the run's)
-        dt = _name(mlp_dtype if k in ("sesamo", "realnvp", "realnvp_aten") else dtype)
+        dt = _name(mlp_dtype if k in ("sesamo", "realnvp", "realnvp_aten", "realnvp_onednn") else dtype)
         rate = rates.get(dt)
         best = max(rate or 0.0, rates.get(f"{dt}_onednn") or 0.0) or None
         sps = 1.0 / v["min_s"]
@@ -276,12 +282,23 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
                   "matmul_fraction": info[k]["flops"] * sps / rate if rate else None,
                   "best_matmul_fraction": info[k]["flops"] * sps / best if best else None}
     row["ratio_realnvp_vs_aten"] = row["realnvp"]["steps_per_s"] / row["realnvp_aten"]["steps_per_s"]
+    if "realnvp_onednn" in row:
+        row["ratio_realnvp_vs_onednn"] = row["realnvp"]["steps_per_s"] / row["realnvp_onednn"]["steps_per_s"]
     if peer:
         row["ratio_realnvp_vs_peer"] = row["realnvp"]["steps_per_s"] / row["normflows"]["steps_per_s"]
         row["ratio_sesamo_vs_peer"] = row["sesamo"]["steps_per_s"] / row["normflows"]["steps_per_s"]
         if "realnvp_uniform" in row:
             row["ratio_uniform_vs_peer"] = row["realnvp_uniform"]["steps_per_s"] / row["normflows"]["steps_per_s"]
     return row
+
+
+def mlp_kernels(device: str) -> str:
+    """Which kernels ``kernels="auto"`` runs float32 CPU MLPs with here: native, onednn or aten."""
+    if not str(device).startswith("cpu"):
+        return "aten"
+    if native.library() is not None:
+        return "native"
+    return "onednn" if kernels_mod.available() else "aten"
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -411,8 +428,8 @@ def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] |
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = str(train_mod.resolve_device(opt.device))
-    out: dict[str, Any] = {"machine": machine_info(), "options": dataclasses.asdict(opt), "device": device,
-                           "notes": []}
+    out: dict[str, Any] = {"machine": {**machine_info(), "mlp_kernels": mlp_kernels(device)},
+                           "options": dataclasses.asdict(opt), "device": device, "notes": []}
     avail = _targets_available()
     targets = [t for t in opt.targets if t in avail]
     for t in opt.targets:
@@ -468,6 +485,7 @@ def render(res: dict[str, Any]) -> str:
 
     m = res["machine"]
     parts = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+             f"float32 MLP kernels {m.get('mlp_kernels', '-')}, "
              f"load average {m.get('loadavg')} -> {m.get('loadavg_end')}"]
     if "matmul" in res:
         g = res["matmul"]["gflops"]
@@ -487,16 +505,18 @@ def render(res: dict[str, Any]) -> str:
                          f"{r['ratio_realnvp_vs_peer']:.2f}{uniform}" if peer else "-",
                          f"{r['ratio_sesamo_vs_peer']:.2f}" if peer else "-",
                          f"{r['ratio_realnvp_vs_aten']:.2f}",
+                         f"{r['ratio_realnvp_vs_onednn']:.2f}" if "ratio_realnvp_vs_onednn" in r else "-",
                          f"{r['realnvp']['samples_per_s']:.0f}",
                          _pct(r["realnvp"]["matmul_fraction"]), _pct(r["sesamo"]["matmul_fraction"]),
                          _pct(peer["matmul_fraction"]) if peer else "-",
                          _pct(r["realnvp"].get("best_matmul_fraction")), _pct(r["sesamo"].get("best_matmul_fraction"))])
         parts.append(tabulate(rows, headers=["target", "preset", "arch", "batch", "dtype", "sesamo st/s",
                                              "realnvp st/s", "normflows st/s", "realnvp/peer", "sesamo/peer",
-                                             "realnvp/aten", "realnvp samples/s", "realnvp %mm", "sesamo %mm",
-                                             "peer %mm", "realnvp %best", "sesamo %best"]))
+                                             "realnvp/aten", "realnvp/onednn", "realnvp samples/s", "realnvp %mm",
+                                             "sesamo %mm", "peer %mm", "realnvp %best", "sesamo %best"]))
         parts.append("%mm: MLP FLOP rate of the step / torch.mm rate of its dtype; %best: / the best of torch.mm "
                      "and oneDNN; realnvp/aten: the fused kernels against kernels=aten (the plain PyTorch MLP); "
+                     "realnvp/onednn: the native kernels against oneDNN's (kernels=onednn); "
                      "(x.xx): realnvp/peer with the MLPs in the run's dtype too, as the peer has them")
     if res.get("volume"):
         parts.append(tabulate([[r["target"], r["size"], r["components"], r["batch"], f"{r['step_ms_min']:.1f}",

@@ -7,12 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from sesamo_bench import kernels, store
+from sesamo_bench import kernels, native, store
 from sesamo_bench.config import resolve
 from sesamo_bench.errors import ConfigError
 from sesamo_bench.flows import MLP, RealNVP, _Join, _Split, bounded, mlp
 
 needs_onednn = pytest.mark.skipif(not kernels.available(), reason="this PyTorch build has no oneDNN linear operators")
+FUSED = [pytest.param("onednn", marks=needs_onednn),
+         pytest.param("native", marks=pytest.mark.skipif(native.library() is None,
+                                                          reason=f"no native kernels: {native.unavailable_reason()}"))]
 
 
 def _plain(net: MLP) -> nn.Sequential:
@@ -28,17 +31,17 @@ def _grads(module: nn.Module, x: torch.Tensor, gout: torch.Tensor):
     return out.detach(), gs
 
 
-@needs_onednn
-@given(n=st.integers(1, 300), n_in=st.integers(1, 70), width=st.sampled_from([3, 40, 64, 100]),
+@pytest.mark.parametrize("fused", FUSED)
+@given(n=st.integers(1, 300), n_in=st.integers(1, 70), width=st.sampled_from([3, 16, 40, 64, 100]),
        hidden=st.integers(0, 3), n_out=st.integers(1, 130))
-def test_fused_mlp_matches_autograd_of_the_plain_module(n, n_in, width, hidden, n_out):
+def test_fused_mlp_matches_autograd_of_the_plain_module(fused, n, n_in, width, hidden, n_out):
     torch.manual_seed(n + n_in)
-    net = mlp(n_in, n_out, hidden_layers=hidden, width=width, activation="relu", kernels="onednn").float()
+    net = mlp(n_in, n_out, hidden_layers=hidden, width=width, activation="relu", kernels=fused).float()
     for p in net.parameters():
         nn.init.normal_(p, std=0.3)
     x = torch.randn(n, n_in, dtype=torch.float32)
     gout = torch.randn(n, n_out, dtype=torch.float32)
-    assert kernels.applies(net.kernels, x, net._relu, net._width)
+    assert kernels.select(net.kernels, x, net._relu, net._width) == fused
     out, gs = _grads(net, x, gout)
     ref_out, ref_gs = _grads(_plain(net), x, gout)
     assert torch.allclose(out, ref_out, rtol=1e-4, atol=1e-4)
@@ -47,12 +50,12 @@ def test_fused_mlp_matches_autograd_of_the_plain_module(n, n_in, width, hidden, 
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-5 * (1 + r.abs().max().item()))
 
 
-@needs_onednn
-def test_fused_mlp_without_input_gradient_and_under_no_grad():
-    net = mlp(64, 128, hidden_layers=4, width=100, activation="relu", kernels="onednn").float()
+@pytest.mark.parametrize("fused", FUSED)
+def test_fused_mlp_without_input_gradient_and_under_no_grad(fused):
+    net = mlp(64, 128, hidden_layers=4, width=100, activation="relu", kernels=fused).float()
     for p in net.parameters():
         nn.init.normal_(p, std=0.1)
-    x = torch.randn(257, 64, dtype=torch.float32)  # does not require grad: no input gradient is formed
+    x = torch.randn(4099, 64, dtype=torch.float32)  # does not require grad: no input gradient is formed
     net(x).square().sum().backward()
     grads = [p.grad.clone() for p in net.parameters()]
     ref = _plain(net)  # the same parameters, plain autograd
@@ -65,15 +68,19 @@ def test_fused_mlp_without_input_gradient_and_under_no_grad():
         assert torch.allclose(net(x), ref(x), atol=1e-5)
 
 
-def test_kernels_apply_only_to_float32_relu_on_cpu_and_auto_only_to_large_batches():
+def test_kernels_apply_only_to_float32_relu_on_cpu(monkeypatch):
     x32, x64 = torch.zeros(2048, 3, dtype=torch.float32), torch.zeros(2048, 3, dtype=torch.float64)
-    assert not kernels.applies("auto", x64, True, 40)
-    assert not kernels.applies("onednn", x64, True, 40)
-    assert not kernels.applies("auto", x32, False, 40)
-    assert not kernels.applies("aten", x32, True, 40)
-    assert kernels.applies("auto", x32, True, 40) == kernels.available()
-    assert not kernels.applies("auto", x32[:1024], True, 40)
-    assert kernels.applies("onednn", x32[:1024], True, 40) == kernels.available()
+    for name in ("auto", "native", "onednn"):
+        assert kernels.select(name, x64, True, 40) is None
+        assert kernels.select(name, x32, False, 40) is None
+    assert kernels.select("aten", x32, True, 40) is None
+    onednn = "onednn" if kernels.available() else None
+    assert kernels.select("onednn", x32[:1024], True, 40) == onednn
+    assert kernels.select("auto", x32, True, 40) == ("native" if native.library() is not None else onednn)
+    # without the native build, auto takes oneDNN for large batches only
+    monkeypatch.setattr(native, "library", lambda: None)
+    assert kernels.select("auto", x32, True, 40) == onednn
+    assert kernels.select("auto", x32[:1024], True, 40) is None
 
 
 def test_aten_kernels_are_the_plain_module():
@@ -85,13 +92,17 @@ def test_aten_kernels_are_the_plain_module():
 
 
 def test_kernels_setting_is_checked_at_construction(monkeypatch):
-    with pytest.raises(ConfigError, match="kernels must be one of auto, onednn, aten; got 'fast'"):
+    with pytest.raises(ConfigError, match="kernels must be one of auto, native, onednn, aten; got 'fast'"):
         mlp(2, 2, hidden_layers=1, width=4, activation="relu", kernels="fast")
     monkeypatch.setattr(kernels, "available", lambda: False)
     with pytest.raises(ConfigError, match="no working oneDNN"):
         RealNVP(4, couplings=2, hidden_layers=1, width=8, kernels="onednn")
-    with pytest.raises(ConfigError, match="'kernels' must be one of auto, onednn, aten"):
+    with pytest.raises(ConfigError, match="'kernels' must be one of auto, native, onednn, aten"):
         resolve("gaussian-mixture", "sesamo", preset="smoke", overrides={"kernels": "fast"})
+    monkeypatch.setattr(native, "library", lambda: None)
+    monkeypatch.setattr(native, "_reason", ["no C compiler (set CC or install gcc)"])
+    with pytest.raises(ConfigError, match=r"kernels 'native' cannot run here \(no C compiler"):
+        RealNVP(4, couplings=2, hidden_layers=1, width=8, kernels="native")
 
 
 def test_kernels_is_an_execution_setting_outside_the_run_id():
@@ -101,10 +112,10 @@ def test_kernels_is_an_execution_setting_outside_the_run_id():
     assert store.run_id(a) == store.run_id(b)
 
 
-@needs_onednn
-def test_float32_flow_with_fused_kernels_inverts_and_matches_its_jacobian():
+@pytest.mark.parametrize("fused", FUSED)
+def test_float32_flow_with_fused_kernels_inverts_and_matches_its_jacobian(fused):
     torch.manual_seed(1)
-    f = RealNVP(6, shape=(3, 2), couplings=4, hidden_layers=2, width=70, kernels="onednn").float()
+    f = RealNVP(6, shape=(3, 2), couplings=4, hidden_layers=2, width=70, kernels=fused).float()
     for p in f.parameters():
         nn.init.normal_(p, std=0.2)
     z = torch.randn(5, 6, dtype=torch.float32)
@@ -133,3 +144,42 @@ def test_split_and_join_are_inverse_gathers_with_exact_gradients():
     assert torch.autograd.gradcheck(lambda t: _Split.apply(t, idx_a, idx_b, inv)[1], (x,))  # one half unused
     ta, tb = torch.randn(3, 3, requires_grad=True), torch.randn(3, 4, requires_grad=True)
     assert torch.autograd.gradcheck(lambda p, q: _Join.apply(p, q, idx_a, idx_b, inv), (ta, tb))
+
+
+def test_native_build_goes_to_the_cache_folder_once(tmp_path, monkeypatch):
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("SESAMO_BENCH_CACHE", str(tmp_path))
+    path = native._build()
+    assert path.parent == tmp_path and path.exists() and list(tmp_path.iterdir()) == [path]
+    mtime = path.stat().st_mtime_ns
+    assert native._build() == path and path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_native_build_without_a_working_compiler_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("SESAMO_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="does not run"):
+        native._build()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(native.library() is None, reason="no native kernels")
+def test_native_kernels_give_the_same_numbers_with_any_number_of_threads():
+    """Runs are reproducible on any machine: the gradient sums do not depend on the thread count."""
+    torch.manual_seed(3)
+    net = mlp(3, 5, hidden_layers=3, width=40, activation="relu", kernels="native").float()
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.3)
+    x, gout = torch.randn(5000, 3), torch.randn(5000, 5)  # 79 tiles of 64 rows in 5 slots
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            results.append(_grads(net, x, gout))
+    finally:
+        torch.set_num_threads(threads)
+    for out, gs in results[1:]:
+        assert torch.equal(out, results[0][0])
+        assert all(torch.equal(g, r) for g, r in zip(gs, results[0][1]))

@@ -31,12 +31,13 @@ def test_mixed_flow_is_an_exact_float64_bijection():
     torch.testing.assert_close(ladj_inv, -ladj, rtol=0, atol=1e-12)
     # ln|det| against autograd's Jacobian of the mixed-precision map, one sample per call as the
     # Jacobian is taken (float32 products may round differently at another batch size). The
-    # Jacobian's d s / d x_a entries carry float32 rounding, which slogdet amplifies by the
-    # matrix's condition number; a wrong ln|det| would be off by O(0.1).
+    # Jacobian's d s / d x_a entries carry float32 rounding (~1e-7 relative), which slogdet
+    # amplifies by the matrix's condition number (1e4 to 2e5 for these flows): up to ~5e-4 with
+    # either the plain or the native float32 kernels. A wrong ln|det| would be off by O(0.1).
     for i in range(3):
         jac = torch.autograd.functional.jacobian(lambda t: flow(t.unsqueeze(0))[0][0], z[i])
         one = flow(z[i:i + 1])[1][0]
-        assert torch.linalg.slogdet(jac)[1].item() == pytest.approx(one.item(), abs=1e-4)
+        assert torch.linalg.slogdet(jac)[1].item() == pytest.approx(one.item(), abs=2e-3)
         assert one.item() == pytest.approx(ladj[i].item(), abs=1e-5)
 
 

@@ -37,6 +37,14 @@ def test_action_matches_reference(params):
     np.testing.assert_allclose(f, reference_action(x, t.n, t.radius, t.b), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("params", [{}, {"b": 0.7}])
+def test_action_gradient_against_finite_differences(params):
+    """The action's backward (the max it subtracts carries no gradient) against central differences."""
+    t = make(**params)
+    x = torch.tensor([[12.0, 0.1], [6.0, 6.0], [0.3, -0.2], [-30.0, 4.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(t.action, (x,))
+
+
 def _log_z_quadrature(t) -> float:
     """ln of int exp(-f) dx over R^2 by scipy dblquad in polar coordinates (numpy integrand of
     Eq. 19 plus the tilt, rescaled by its value at the peak)."""
