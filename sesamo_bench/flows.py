@@ -44,13 +44,13 @@ class MLP(nn.Sequential):
         self.kernels = kernels_mod.check(kernels)
         self._linears = [m for m in layers if isinstance(m, nn.Linear)]
         self._relu = all(isinstance(m, nn.ReLU) for m in layers[1::2])
-        self._width = max(m.out_features for m in self._linears)
+        self._sizes = (self._linears[0].in_features, *[m.out_features for m in self._linears])
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         dtype = self._linears[0].weight.dtype
         if x.dtype != dtype:
             return self.forward(x.to(dtype)).to(x.dtype)
-        fused = kernels_mod.select(self.kernels, x, self._relu, self._width)
+        fused = kernels_mod.select(self.kernels, x, self._relu, self._sizes)
         if fused is not None:
             return kernels_mod.relu_mlp(x, [m.weight for m in self._linears], [m.bias for m in self._linears],
                                         kernels=fused)

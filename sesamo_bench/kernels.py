@@ -20,8 +20,8 @@ Two implementations, chosen per flow by the ``kernels`` setting (:func:`select`)
     gradients ``g^T h_k`` and ``sum_n g`` by oneDNN's inner-product backward (one call for both;
     MKL's ``mm`` and a sum for layers with fewer than :data:`IP_MIN_WIDTH` outputs).
 
-``"auto"`` takes the native kernels where they build, else oneDNN from
-:data:`AUTO_MIN_ELEMENTS` batch x width elements on, else the plain module; ``"aten"`` is always
+``"auto"`` takes the native kernels where they build (for MLPs up to :data:`NATIVE_MAX_WIDTH`
+wide), else oneDNN from :data:`AUTO_MIN_ELEMENTS` batch x width elements on, else the plain module; ``"aten"`` is always
 the plain module. Both fused paths equal the plain ``nn.Sequential`` forward and backward up to
 float32 rounding (summation order differs; checked in ``tests/test_kernels.py`` against autograd
 of the plain module). First-order only; float32 on CPU only.
@@ -49,9 +49,15 @@ from .errors import ConfigError
 #: the latter with its two layout conversions): 100 x 63 weights 974 / 473, 100 x 40 521 / 392,
 #: 64 x 64 467 / 336; 63 x 100 899 / 973, 48 x 100 653 / 904, 40 x 40 238 / 223
 IP_MIN_WIDTH = 64
-#: with ``kernels="auto"`` the fused path is taken when batch x width reaches this many elements;
-#: below it oneDNN's per-call overhead outweighs its faster products (measured crossover: batch
-#: 2048 at width 40, one thread; batch 1024 at width 100 is already 1.2x faster fused)
+#: with ``kernels="auto"`` the native kernels run MLPs whose input, hidden and output widths are all
+#: at most this. Wider first and last layers (phi^4 lattices from 16 x 16 on) sum their weight
+#: gradients tile by tile into accumulators that no longer fit the L2 cache, and oneDNN is faster:
+#: complex phi^4 SESaMo step at batch 1024, 2 threads (native / oneDNN, ms): 8x8 (widths up to 128)
+#: 13.9 / 14.9, 12x12 (288) 21.1 / 20.8, 16x16 (512) 30.8 / 28.3, 32x32 (2048) 105 / 87
+NATIVE_MAX_WIDTH = 256
+#: with ``kernels="auto"`` and no native kernels, the oneDNN path is taken when batch x width reaches
+#: this many elements; below it oneDNN's per-call overhead outweighs its faster products (measured
+#: crossover: batch 2048 at width 40, one thread; batch 1024 at width 100 is already 1.2x faster)
 AUTO_MIN_ELEMENTS = 65536
 
 
@@ -111,18 +117,30 @@ def check(name: str) -> str:
     return name
 
 
-def select(kernels: str, x: Tensor, relu: bool, width: int) -> str | None:
-    """The fused kernels (``"native"`` or ``"onednn"``) an MLP with these settings and hidden
-    ``width`` runs on ``x``, or ``None`` for the plain module."""
+def select(kernels: str, x: Tensor, relu: bool, sizes: tuple[int, ...]) -> str | None:
+    """The fused kernels (``"native"`` or ``"onednn"``) an MLP with these settings and layer
+    ``sizes`` ``(n_in, hidden..., n_out)`` runs on ``x``, or ``None`` for the plain module."""
     if kernels == "aten" or not relu or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
         return None
     if torch.compiler.is_compiling():  # compiled code uses the compiler's kernels
         return None
-    if kernels in ("native", "auto") and native.library() is not None:
-        return "native"
-    if kernels == "onednn" or (kernels == "auto" and x.shape[0] * width >= AUTO_MIN_ELEMENTS):
+    if kernels == "native" or (kernels == "auto" and max(sizes) <= NATIVE_MAX_WIDTH):
+        if native.library() is not None:
+            return "native"
+    if kernels == "onednn" or (kernels == "auto" and x.shape[0] * max(sizes[1:]) >= AUTO_MIN_ELEMENTS):
         return "onednn" if available() else None
     return None
+
+
+def resolve(kernels: str, device: str | torch.device) -> str:
+    """What the float32 ReLU MLPs of a run with this ``kernels`` setting run on ``device``:
+    ``"native"``, ``"onednn"`` or ``"aten"`` (with ``"auto"``, :func:`select` may still give
+    MLPs wider than :data:`NATIVE_MAX_WIDTH` to oneDNN and small batches to the plain module)."""
+    if torch.device(device).type != "cpu" or kernels == "aten":
+        return "aten"
+    if kernels in ("native", "auto") and native.library() is not None:
+        return "native"
+    return "onednn" if kernels in ("onednn", "auto") and available() else "aten"
 
 
 def relu_mlp(x: Tensor, weights: list[Tensor], biases: list[Tensor], *, kernels: str = "onednn") -> Tensor:

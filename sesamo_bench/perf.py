@@ -44,7 +44,6 @@ from torch import nn
 
 from . import config as config_mod
 from . import kernels as kernels_mod
-from . import native
 from . import train as train_mod
 
 SECTIONS = ("matmul", "throughput", "volume", "ess", "compile")
@@ -249,7 +248,7 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
     base = _cfg(target, "realnvp", preset, batch, overrides, device)
     if base.mlp_dtype not in ("auto", None):
         variants.append(("realnvp_uniform", "realnvp", {"mlp_dtype": "auto"}))
-    if mlp_kernels(device) == "native" and base.kernels == "auto" and kernels_mod.available():
+    if kernels_mod.resolve("auto", device) == "native" and base.kernels == "auto" and kernels_mod.available():
         variants.append(("realnvp_onednn", "realnvp", {"kernels": "onednn"}))
     for key, method, extra in variants:
         cfg = _cfg(target, method, preset, batch, {**overrides, **extra}, device)
@@ -290,15 +289,6 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
         if "realnvp_uniform" in row:
             row["ratio_uniform_vs_peer"] = row["realnvp_uniform"]["steps_per_s"] / row["normflows"]["steps_per_s"]
     return row
-
-
-def mlp_kernels(device: str) -> str:
-    """Which kernels ``kernels="auto"`` runs float32 CPU MLPs with here: native, onednn or aten."""
-    if not str(device).startswith("cpu"):
-        return "aten"
-    if native.library() is not None:
-        return "native"
-    return "onednn" if kernels_mod.available() else "aten"
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -428,7 +418,7 @@ def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] |
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = str(train_mod.resolve_device(opt.device))
-    out: dict[str, Any] = {"machine": {**machine_info(), "mlp_kernels": mlp_kernels(device)},
+    out: dict[str, Any] = {"machine": {**machine_info(), "mlp_kernels": kernels_mod.resolve("auto", device)},
                            "options": dataclasses.asdict(opt), "device": device, "notes": []}
     avail = _targets_available()
     targets = [t for t in opt.targets if t in avail]

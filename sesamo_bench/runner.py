@@ -83,14 +83,18 @@ def _now() -> str:
 def provenance(run: PlannedRun) -> dict[str, Any]:
     import torch
 
-    from . import plugins
+    from . import kernels, plugins
     from .train import resolve_device
 
     cfg = run.config
     tdtype = plugins.targets.get(cfg.target).dtype
     dtype = cfg.dtype if cfg.dtype != "auto" else str(tdtype or torch.float32).replace("torch.", "")
-    return {**_static_provenance(), "device": str(resolve_device(cfg.device)), "dtype": dtype, "seed": cfg.seed,
-            "pid": os.getpid(), "threads": torch.get_num_threads()}
+    mlp_dtype = dtype if cfg.mlp_dtype == "auto" else cfg.mlp_dtype
+    device = resolve_device(cfg.device)
+    # the fused kernels are float32 only: other MLPs run the plain PyTorch module
+    mlp_kernels = kernels.resolve(cfg.kernels, device) if mlp_dtype == "float32" else "aten"
+    return {**_static_provenance(), "device": str(device), "dtype": dtype, "seed": cfg.seed,
+            "pid": os.getpid(), "threads": torch.get_num_threads(), "mlp_kernels": mlp_kernels}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sesamo_bench import kernels
 from sesamo_bench.cli import JSON_FIELDS, app
 from sesamo_bench.store import Store
 
@@ -59,6 +60,8 @@ def test_run_json_contract_show_and_report(tmp_path):
     rows = Store(store).runs()
     assert len(rows) == 2 and rows[0]["config"]["steps"] == 20
     assert rows[0]["provenance"]["torch"] and rows[0]["provenance"]["python"]
+    # float32 conditioner MLPs in the Hubbard presets: the fused kernels this machine has
+    assert rows[0]["provenance"]["mlp_kernels"] == kernels.resolve("auto", "cpu")
     assert rows[0]["history"] and rows[0]["history"][-1]["step"] == 20
 
     shown = invoke("show", runs[1]["run_id"][:6], "--store", store)

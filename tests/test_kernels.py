@@ -41,7 +41,7 @@ def test_fused_mlp_matches_autograd_of_the_plain_module(fused, n, n_in, width, h
         nn.init.normal_(p, std=0.3)
     x = torch.randn(n, n_in, dtype=torch.float32)
     gout = torch.randn(n, n_out, dtype=torch.float32)
-    assert kernels.select(net.kernels, x, net._relu, net._width) == fused
+    assert kernels.select(net.kernels, x, net._relu, net._sizes) == fused
     out, gs = _grads(net, x, gout)
     ref_out, ref_gs = _grads(_plain(net), x, gout)
     assert torch.allclose(out, ref_out, rtol=1e-4, atol=1e-4)
@@ -70,17 +70,22 @@ def test_fused_mlp_without_input_gradient_and_under_no_grad(fused):
 
 def test_kernels_apply_only_to_float32_relu_on_cpu(monkeypatch):
     x32, x64 = torch.zeros(2048, 3, dtype=torch.float32), torch.zeros(2048, 3, dtype=torch.float64)
+    sizes, wide = (3, 40, 40, 2), (3, 40, kernels.NATIVE_MAX_WIDTH + 1)
     for name in ("auto", "native", "onednn"):
-        assert kernels.select(name, x64, True, 40) is None
-        assert kernels.select(name, x32, False, 40) is None
-    assert kernels.select("aten", x32, True, 40) is None
+        assert kernels.select(name, x64, True, sizes) is None
+        assert kernels.select(name, x32, False, sizes) is None
+    assert kernels.select("aten", x32, True, sizes) is None
     onednn = "onednn" if kernels.available() else None
-    assert kernels.select("onednn", x32[:1024], True, 40) == onednn
-    assert kernels.select("auto", x32, True, 40) == ("native" if native.library() is not None else onednn)
+    has_native = native.library() is not None
+    assert kernels.select("onednn", x32[:1024], True, sizes) == onednn
+    assert kernels.select("auto", x32, True, sizes) == ("native" if has_native else onednn)
+    # auto leaves MLPs with wide layers to oneDNN; kernels=native takes them all
+    assert kernels.select("auto", x32, True, wide) == onednn
+    assert kernels.select("native", x32, True, wide) == ("native" if has_native else onednn)
     # without the native build, auto takes oneDNN for large batches only
     monkeypatch.setattr(native, "library", lambda: None)
-    assert kernels.select("auto", x32, True, 40) == onednn
-    assert kernels.select("auto", x32[:1024], True, 40) is None
+    assert kernels.select("auto", x32, True, sizes) == onednn
+    assert kernels.select("auto", x32[:1024], True, sizes) is None
 
 
 def test_aten_kernels_are_the_plain_module():

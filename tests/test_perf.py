@@ -115,6 +115,13 @@ def test_throughput_row_reports_ratios_and_both_matmul_fractions():
     assert "ratio_realnvp_vs_peer" not in row
     if kernels.available():
         assert perf.onednn_rate(64, reps=1) > 0
+    # where the native kernels run, the oneDNN path is timed beside them
+    if kernels.resolve("auto", "cpu") == "native" and kernels.available():
+        assert row["ratio_realnvp_vs_onednn"] == pytest.approx(
+            row["realnvp"]["steps_per_s"] / row["realnvp_onednn"]["steps_per_s"])
+        assert row["realnvp_onednn"]["matmul_fraction"] > 0
+    else:
+        assert "realnvp_onednn" not in row
 
 
 def test_throughput_row_of_a_mixed_precision_preset():

@@ -84,8 +84,9 @@ def _build() -> Path:
     try:
         done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise RuntimeError(f"{cc} failed to build {SOURCE.name}: {last}")
+            lines = done.stderr.strip().splitlines() or ["(no message)"]
+            first = next((ln for ln in lines if "error" in ln), lines[-1])
+            raise RuntimeError(f"{cc} failed to build {SOURCE.name}: {first.strip()}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

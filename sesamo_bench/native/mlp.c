@@ -36,7 +36,8 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
 static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf bc(float s) { return (vf){0} + s; }
+/* s in every lane, as an initialiser (the compiler keeps (vf){0} + s as an add before the broadcast) */
+static inline vf bc(float s) { return (vf){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 static inline vf where_pos(vf m, vf v) { return (vf)((vi)v & (m > 0)); } /* v where m > 0, else 0 */
 static inline int64_t pad(int64_t d) { return (d + VL - 1) / VL * VL; }
 
