@@ -169,6 +169,7 @@ class NativeMLPFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises instead of coming out zero
     def backward(ctx, g: Tensor):  # noqa: D102
         saved = ctx.saved_tensors
         n_layers = (len(saved) + 1) // 2

@@ -151,6 +151,15 @@ def test_split_and_join_are_inverse_gathers_with_exact_gradients():
     assert torch.autograd.gradcheck(lambda p, q: _Join.apply(p, q, idx_a, idx_b, inv), (ta, tb))
 
 
+@pytest.mark.skipif(native.library() is None, reason="no native kernels")
+def test_native_kernels_refuse_a_second_derivative():
+    net = mlp(3, 2, hidden_layers=1, width=8, activation="relu", kernels="native").float()
+    x = torch.randn(5, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
+
+
 def test_native_build_goes_to_the_cache_folder_once(tmp_path, monkeypatch):
     if native._compiler() is None:
         pytest.skip("no C compiler")

@@ -127,6 +127,17 @@ static void store_rows(float *dst, int64_t d, const float *tile, int64_t ld, int
         memcpy(dst + r * d, tile + r * ld, (size_t)d * sizeof(float));
 }
 
+/* this thread's `count` zeroed tiles of TILE x P floats; NULL, and *failed set, if out of memory */
+static float *tile_buffers(int count, int64_t P, int *failed)
+{
+    float *buf = calloc((size_t)(count * TILE * P), sizeof(float));
+    if (!buf) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return buf;
+}
+
 static int64_t max_pad(int L, const int64_t *dims)
 {
     int64_t w = 0;
@@ -167,11 +178,7 @@ int sb_mlp_forward(int64_t n, int L, const int64_t *dims, const float *const *W,
     int64_t ntiles = (n + TILE - 1) / TILE;
 #pragma omp parallel num_threads(threads_for(n, nthreads))
     {
-        float *buf = calloc((size_t)(2 * TILE * P), sizeof(float));
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *buf = tile_buffers(2, P, &failed);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < ntiles; t++) {
             if (!buf)
@@ -246,11 +253,7 @@ int sb_mlp_backward(int64_t n, int L, const int64_t *dims, const float *const *W
     int failed = 0;
 #pragma omp parallel num_threads(nt)
     {
-        float *buf = calloc((size_t)(3 * TILE * P), sizeof(float));
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *buf = tile_buffers(3, P, &failed);
 #pragma omp for schedule(static)
         for (int64_t slot = 0; slot < nslots; slot++) {
             float *mine = acc + slot * asize;
