@@ -162,6 +162,16 @@ def test_native_kernels_refuse_a_second_derivative():
         g.sum().backward()
 
 
+@pytest.mark.skipif(native.library() is None, reason="no native kernels")
+def test_native_probe_runs_under_no_grad_and_inference_mode():
+    """The first MLP call of a process may come in a sampling pass: the probe must still pass."""
+    lib = native.library()
+    with torch.no_grad():
+        native._probe(lib)
+    with torch.inference_mode():
+        native._probe(lib)
+
+
 def test_native_build_goes_to_the_cache_folder_once(tmp_path, monkeypatch):
     if native._compiler() is None:
         pytest.skip("no C compiler")

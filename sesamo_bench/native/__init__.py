@@ -105,12 +105,21 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 def _probe(lib: ctypes.CDLL) -> None:
-    """One forward and backward of a small MLP against float64 autograd (raises ``RuntimeError``)."""
-    gen = torch.Generator().manual_seed(0)
+    """One forward and backward of a small MLP against float64 autograd (raises ``RuntimeError``).
+
+    Runs with gradients on whatever mode the first caller is in (``no_grad``, ``inference_mode``,
+    or the forward of an autograd function).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        _compare_with_autograd(lib)
+
+
+def _compare_with_autograd(lib: ctypes.CDLL) -> None:
+    f32 = dict(generator=torch.Generator().manual_seed(0), dtype=torch.float32)  # whatever the default dtype
     dims = [3, 20, 17, 2]
-    ws = [torch.randn(o, i, generator=gen) / i**0.5 for i, o in zip(dims, dims[1:])]
-    bs = [torch.randn(o, generator=gen) for o in dims[1:]]
-    x, gout = torch.randn(70, 3, generator=gen), torch.randn(70, 2, generator=gen)
+    ws = [torch.randn(o, i, **f32) / i**0.5 for i, o in zip(dims, dims[1:])]
+    bs = [torch.randn(o, **f32) for o in dims[1:]]
+    x, gout = torch.randn(70, 3, **f32), torch.randn(70, 2, **f32)
     out, hidden = _forward(lib, x, ws, bs, keep=True)
     gx, gws, gbs = _backward(lib, x, hidden, ws, gout, input_grad=True)
     ref = [t.double().requires_grad_() for t in (x, *ws, *bs)]
