@@ -248,7 +248,7 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
     base = _cfg(target, "realnvp", preset, batch, overrides, device)
     if base.mlp_dtype not in ("auto", None):
         variants.append(("realnvp_uniform", "realnvp", {"mlp_dtype": "auto"}))
-    if kernels_mod.resolve("auto", device) == "native" and base.kernels == "auto" and kernels_mod.available():
+    if kernels_mod.resolve(base.kernels, device) == "native" and kernels_mod.available():
         variants.append(("realnvp_onednn", "realnvp", {"kernels": "onednn"}))
     for key, method, extra in variants:
         cfg = _cfg(target, method, preset, batch, {**overrides, **extra}, device)
