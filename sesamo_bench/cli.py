@@ -280,7 +280,7 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
                    json_out: bool, quiet: bool) -> int:
     """Run a planned grid, print the table (or JSON) and return the exit code."""
     from .progress import LogReporter, RichReporter
-    from .runner import EXIT_SIGNAL, default_workers, run_grid
+    from .runner import EXIT_SIGNAL, ForcedStop, default_workers, run_grid
     from .store import DEFAULT_STORE, Store
 
     if workers is None:
@@ -289,8 +289,13 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     reporter = LogReporter() if quiet else RichReporter()
-    with reporter:
-        outcome = run_grid(runs, st, workers=workers, resume=resume, reporter=reporter)
+    try:
+        with reporter:
+            outcome = run_grid(runs, st, workers=workers, resume=resume, reporter=reporter)
+    except ForcedStop as exc:
+        typer.echo(f"stopped at once by a second {signal_name(exc.signum)}: the runs in progress keep their last "
+                   f"checkpoint; rerun the same command with --resume to finish", err=True)
+        return EXIT_SIGNAL.get(exc.signum, 130)
     records = outcome.records
     if json_out:
         typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
@@ -298,7 +303,7 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
         typer.echo(render(records, "terminal"))
     if outcome.signal is not None:
         kept = [r for r in records if r["status"] == "interrupted"]
-        name = {2: "SIGINT", 15: "SIGTERM"}.get(outcome.signal, f"signal {outcome.signal}")
+        name = signal_name(outcome.signal)
         typer.echo(f"stopped by {name}: {len(kept)} interrupted run(s) kept with their checkpoints"
                    + "".join(f"\n  {r['run_id']} {r['target']}/{r['method']}/seed{r['seed']} at step {r['steps']}: "
                              f"{r['run_dir']}" for r in kept)
@@ -306,6 +311,10 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
                    err=True)
         return EXIT_SIGNAL.get(outcome.signal, 130)
     return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
+def signal_name(signum: int) -> str:
+    return {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
 
 
 def submit_and_report(runs: list, notes: list[str], *, store_path: Path | None, executor: str, settings: Any,

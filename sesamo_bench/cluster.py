@@ -290,15 +290,48 @@ class JobStatus:
     result: dict[str, Any] | None = None  # result.json written by this job
 
 
+#: keys of a manifest and of each of its job entries, with their types
+_MANIFEST_KEYS = {"submission": str, "executor": str, "folder": str, "jobs": list}
+_ENTRY_KEYS = {"run_id": str, "job_id": str, "label": str, "target": str, "method": str, "seed": int,
+               "params": dict, "config": dict, "run_dir": str, "stdout": str, "stderr": str}
+
+
+def check_manifest(m: Any, path: Path) -> dict[str, Any]:
+    """``m`` if it has the shape :func:`submit` writes, else a :class:`UserError` naming what is wrong."""
+    def bad(what: str) -> UserError:
+        return UserError(f"job manifest {path} is not a sesamo-bench manifest: {what}")
+
+    if not isinstance(m, dict):
+        raise bad(f"expected a JSON object, got {type(m).__name__}")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(m.get(key), kind):
+            raise bad(f"'{key}' must be a {kind.__name__}")
+    if m["executor"] not in ("slurm", "submitit-local"):
+        raise bad(f"'executor' must be slurm or submitit-local, got {m['executor']!r}")
+    for i, e in enumerate(m["jobs"]):
+        if not isinstance(e, dict):
+            raise bad(f"jobs[{i}] must be an object")
+        for key, kind in _ENTRY_KEYS.items():
+            if not isinstance(e.get(key), kind) or (kind is int and isinstance(e.get(key), bool)):
+                raise bad(f"jobs[{i}].{key} must be a {kind.__name__}")
+        if not re.fullmatch(r"[0-9a-f]{12}", e["run_id"]) or not re.fullmatch(r"[0-9_.\[\]-]+", e["job_id"]):
+            raise bad(f"jobs[{i}] has a malformed run_id or job_id")
+    return m
+
+
 def manifests(store_dir: Path) -> list[dict[str, Any]]:
-    """Every submission's manifest under ``<store_dir>/jobs``, oldest first."""
+    """Every submission's manifest under ``<store_dir>/jobs``, oldest first (each checked)."""
     out = []
-    for path in sorted((store_dir / "jobs").glob("*/manifest.json")):
+    jobs = store_dir / "jobs"
+    if not jobs.is_dir():
+        return []
+    for path in sorted(jobs.glob("*/manifest.json")):
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
+            m = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read job manifest {path}: {exc}") from None
-    return sorted(out, key=lambda m: (m.get("created", ""), m.get("submission", "")))
+        out.append(check_manifest(m, path))
+    return sorted(out, key=lambda m: (str(m.get("created", "")), m["submission"]))
 
 
 def job_statuses(store_dir: Path, *, tail: int = 10) -> list[JobStatus]:
@@ -337,15 +370,11 @@ def _fill(st: JobStatus, job: Any, tail: int) -> None:
     elif job is None:
         st.detail = f"install submitit to see job states ({INSTALL_HINT})"
     elif job.paths.result_pickle.exists():
-        try:
-            from submitit.core.utils import pickle_load
-
-            outcome, value = pickle_load(job.paths.result_pickle)
-        except Exception as exc:  # noqa: BLE001
-            outcome, value = "error", f"unreadable result pickle: {exc}"
-        st.state = "failed" if outcome == "error" else "finished"
-        if outcome == "error":
-            st.detail = (str(value).strip().splitlines() or [""])[-1]
+        # the job has ended but its run directory holds no result.json of this job. submitit's
+        # result pickle is never unpickled here (a planted one would run code): the cause is in
+        # the job's log, shown below
+        st.state = "failed"
+        st.detail = "the job ended without writing a result"
     elif st.executor == "slurm":
         raw = str(job.watcher.get_state(e["job_id"], mode="cache") or "UNKNOWN").upper()
         st.state = slurm_category(raw)

@@ -59,7 +59,8 @@ class PlannedRun:
 
 def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     """Resolve and validate a grid; returns the runs and notes (e.g. skipped methods)."""
-    from .train import build, build_symmetry, build_target, check_exact, resolve_device
+    from .train import (build, build_symmetry, build_target, check_exact, check_finite_action, check_size,
+                        resolve_device)
 
     plugins.targets.get(req.target)
     implicit = req.methods is None
@@ -96,6 +97,8 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
             cfg = cfgs[0]
             resolve_device(cfg.device)
             target = build_target(cfg)
+            check_size(cfg, target)  # before anything the size of the run is allocated
+            check_finite_action(target)
             if method_class(method).needs_symmetry or cfg.symmetry:
                 check_exact(build_symmetry(cfg, target), target)
             try:
