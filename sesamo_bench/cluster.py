@@ -350,18 +350,61 @@ def job_statuses(store_dir: Path, *, tail: int = 10) -> list[JobStatus]:
         for rid, (m, e) in latest.items():
             cls = submitit.SlurmJob if m["executor"] == "slurm" else submitit.LocalJob
             jobs[rid] = cls(folder=m["folder"], job_id=e["job_id"])
-        if any(m["executor"] == "slurm" for m, _ in latest.values()) and shutil.which("sacct"):
+        if any(m["executor"] == "slurm" for m, _ in latest.values()) and shutil.which("sacct") and _accounting():
             with quiet_submitit():
                 submitit.SlurmJob.watcher.update()  # one sacct call for every job
+    queue = _squeue_states() if any(m["executor"] == "slurm" for m, _ in latest.values()) else {}
     out = []
     for rid, (m, e) in latest.items():
         st = JobStatus(m["submission"], m["executor"], e, "unknown")
-        _fill(st, jobs.get(rid), tail)
+        _fill(st, jobs.get(rid), tail, queue)
         out.append(st)
     return out
 
 
-def _fill(st: JobStatus, job: Any, tail: int) -> None:
+def _squeue_states() -> dict[str, str]:
+    """Job id -> state from ``squeue`` (pending, running and recently ended jobs): what `status`
+    uses where ``sacct`` knows nothing (a cluster without accounting storage)."""
+    import subprocess
+
+    if not shutil.which("squeue"):
+        return {}
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T"], capture_output=True,
+                             text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if not (jid and state):
+            continue
+        m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", jid)  # pending array tasks: 12_[0-3,5%2]
+        if m:
+            for part in m.group(2).split(","):
+                lo, _, hi = part.partition("-")
+                if lo.isdigit() and (hi.isdigit() or not hi) and int(hi or lo) - int(lo) < 100000:
+                    for i in range(int(lo), int(hi or lo) + 1):
+                        states[f"{m.group(1)}_{i}"] = state.upper()
+        else:
+            states[jid] = state.upper()
+    return states
+
+
+def _accounting() -> bool:
+    """Whether this cluster keeps accounting (else ``sacct`` knows no job, and `status` uses squeue)."""
+    import subprocess
+
+    if not shutil.which("scontrol"):
+        return True
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return not re.search(r"AccountingStorageType\s*=\s*accounting_storage/none", out.stdout)
+
+
+def _fill(st: JobStatus, job: Any, tail: int, queue: dict[str, str] | None = None) -> None:
     e = st.entry
     st.result = _own_result(e, st.submission)
     if st.result is not None:
@@ -377,8 +420,11 @@ def _fill(st: JobStatus, job: Any, tail: int) -> None:
         st.detail = "the job ended without writing a result"
     elif st.executor == "slurm":
         raw = str(job.watcher.get_state(e["job_id"], mode="cache") or "UNKNOWN").upper()
+        if raw == "UNKNOWN" and (queue or {}).get(e["job_id"]):
+            raw = queue[e["job_id"]]  # no accounting storage: squeue still knows the job
         st.state = slurm_category(raw)
-        st.detail = f"slurm: {raw}" if shutil.which("sacct") else "sacct not found: run status on the cluster"
+        st.detail = (f"slurm: {raw}" if shutil.which("sacct") or shutil.which("squeue")
+                     else "sacct not found: run status on the cluster")
         if st.state == "failed" and raw.startswith("COMPLETED"):
             st.detail = "the job ended without writing a result"
     else:
