@@ -31,6 +31,10 @@ else:  # pragma: no cover
 #: keys of each object of ``run --json`` (a contract) and of the fallback table
 JSON_FIELDS = ("run_id", "benchmark", "target", "method", "seed", "params", "status", "steps", "wall_s", "ess",
                "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error")
+#: most worker processes ``run --workers`` accepts
+MAX_WORKERS = 4096
+#: largest batch ``perf --batches`` accepts
+MAX_PERF_BATCH = 1 << 22
 LIST_WHAT = ("targets", "symmetries", "methods", "benchmarks", "presets")
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
 
@@ -177,7 +181,7 @@ def run_cmd(
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one run per value (repeatable)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: auto)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | float64 (default: auto)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS,
                                           help="parallel worker processes (default: one per CPU core)"),
     store: Optional[Path] = typer.Option(None, "--store",
                                          help="results database (default: ./sesamo-runs/results.sqlite)"),
@@ -449,6 +453,8 @@ def status_cmd(
     from .store import DEFAULT_STORE
 
     path = store or DEFAULT_STORE
+    if path.exists() or path.is_symlink():
+        _open_store(path).close()  # says what is wrong with a path that is not a results database
     statuses = cluster.job_statuses(path.resolve().parent, tail=tail)
     if json_out:
         typer.echo(json.dumps([{"submission": s.submission, "executor": s.executor, "job_id": s.entry["job_id"],
@@ -628,8 +634,14 @@ def perf_cmd(
             opt.batches = tuple(int(v) for v in batches.split(",") if v)
         except ValueError:
             raise ConfigError(f"--batches expects comma-separated integers, got {batches!r}") from None
+        bad_batch = [b for b in opt.batches if not 1 <= b <= MAX_PERF_BATCH]
+        if bad_batch or not opt.batches:
+            raise ConfigError(f"--batches: each batch must be an integer from 1 to {MAX_PERF_BATCH}, "
+                              f"got {bad_batch[0] if bad_batch else batches!r}")
     if reps:
         opt.reps = reps
+    if out is not None and not out.parent.is_dir():  # fail now, not after the whole benchmark
+        raise ConfigError(f"--out: folder {out.parent} does not exist")
     opt.device, opt.peer, opt.threads = device, not no_peer, threads
     res = run_perf(opt, log=lambda m: typer.echo(f"... {m}", err=True))
     typer.echo(render(res))

@@ -93,8 +93,14 @@ class Store:
 
     def __init__(self, path: Path | str, *, create: bool = True):
         self.path = Path(path)
-        self.runs_dir = self.path.resolve().parent / "runs"
-        if not self.path.exists():
+        try:
+            self.runs_dir = self.path.resolve().parent / "runs"
+            exists = self.path.exists()
+            self.path.stat() if exists else None
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long, ...
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(f"cannot open results store {self.path}: {reason}") from None
+        if not exists:
             if not create:
                 raise StoreError(f"no results database at {self.path} (run 'sesamo-bench run' first or pass --store)")
             try:
@@ -222,7 +228,13 @@ class Store:
         for r in rows:
             d = dict(zip(COLUMNS, r))
             for k in JSON_COLUMNS:
-                d[k] = json.loads(d[k]) if d[k] else ({} if k != "history" else [])
+                empty: Any = {} if k != "history" else []
+                try:
+                    d[k] = json.loads(d[k]) if d[k] else empty
+                except (TypeError, ValueError):  # one damaged cell must not make every row unreadable
+                    d[k] = empty
+                if not isinstance(d[k], type(empty)):
+                    d[k] = empty
             out.append(d)
         return out
 

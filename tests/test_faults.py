@@ -290,3 +290,48 @@ def test_run_takes_over_a_stale_claim(tmp_path):
     res = invoke(*GRID, "--store", store)
     assert res.exit_code == 0 and "being trained" not in res.stderr, res.stderr
     assert [r["status"] for r in json.loads(res.stdout)] == ["finished", "finished"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. the native kernel cache loads only what it built
+# ---------------------------------------------------------------------------------------------
+def test_planted_native_library_is_not_loaded(tmp_path, monkeypatch):
+    import shutil
+
+    from sesamo_bench import native
+
+    cc = native._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("SESAMO_BENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir(mode=0o700)
+    target = native._build()
+    marker = tmp_path / "PWNED"
+    src = tmp_path / "evil.c"
+    src.write_text('#include <stdio.h>\n__attribute__((constructor)) static void evil(void) '
+                   f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n')
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "evil.so"), str(src)], check=True)
+    shutil.copy(tmp_path / "evil.so", target)  # the predictable name, a library that runs code on load
+    native.library.cache_clear()
+    try:
+        lib = native.library()
+        assert not marker.exists(), "the planted library was loaded"
+        assert lib is not None and native._verified(target)
+    finally:
+        native.library.cache_clear()
+
+
+def test_checkpoint_write_failure_leaves_no_tmp(tmp_path, monkeypatch):
+    import errno
+
+    from sesamo_bench import train
+    from sesamo_bench.errors import StoreError
+
+    def full(obj, path, *a, **k):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train.torch, "save", full)
+    with pytest.raises(StoreError, match="No space left"):
+        train._save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []
