@@ -453,8 +453,7 @@ def status_cmd(
     from .store import DEFAULT_STORE
 
     path = store or DEFAULT_STORE
-    if path.exists() or path.is_symlink():
-        _open_store(path).close()  # says what is wrong with a path that is not a results database
+    _check_store_file(path)
     statuses = cluster.job_statuses(path.resolve().parent, tail=tail)
     if json_out:
         typer.echo(json.dumps([{"submission": s.submission, "executor": s.executor, "job_id": s.entry["job_id"],
@@ -467,6 +466,22 @@ def status_cmd(
         typer.echo(f"no submitted jobs under {path.resolve().parent / 'jobs'}", err=True)
         return
     typer.echo(status_text(statuses))
+
+
+def _check_store_file(path: Path) -> None:
+    """A ``--store`` that exists must be an SQLite file (checked without opening it: `status` also
+    works where the database is read-only)."""
+    from .errors import StoreError
+
+    try:
+        if not (path.exists() or path.is_symlink()):
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(16) if path.is_file() else b""
+    except (OSError, RuntimeError) as exc:
+        raise StoreError(f"cannot open results store {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if head != b"SQLite format 3\x00":
+        raise StoreError(f"{path} is not a sesamo-bench results database")
 
 
 def status_text(statuses: list) -> str:

@@ -413,12 +413,13 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     try:
         torch.save(plain(state), tmp)
         os.replace(tmp, path)
-    except OSError as exc:  # disk full, read-only: no checkpoint.tmp is left behind
+    except (OSError, RuntimeError) as exc:  # disk full, read-only (torch's writer raises RuntimeError)
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [""])[0]
+        raise StoreError(f"cannot write {path}: {reason}") from None
 
 
 def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = False,
