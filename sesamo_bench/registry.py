@@ -140,11 +140,10 @@ class Registry(Generic[T]):
             broken = [e for e in self.errors.values() if e.startswith((f"{name}.py", f"{stem}.py"))]
             if broken:
                 raise PluginError(f"{self.kind} plugin {broken[0]}") from None
+            err = UnknownNameError(self.kind, name, self.names())
             if self.errors:  # the plugin may be in a file of another name that failed to load
-                err = UnknownNameError(self.kind, name, self.names())
-                raise PluginError(f"{err}; plugin files that failed to load: "
-                                  + "; ".join(self.errors.values())) from None
-            raise UnknownNameError(self.kind, name, self.names()) from None
+                err.args = (f"{err.args[0]}; plugin files that failed to load: " + "; ".join(self.errors.values()),)
+            raise err from None
 
     def create(self, name: str, params: dict[str, Any] | None = None, *, table: str | None = None) -> T:
         """Instantiate plugin ``name`` with keyword arguments ``params`` (validated)."""

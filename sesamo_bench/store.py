@@ -123,11 +123,17 @@ class Store:
         return conn
 
     def _init(self) -> None:
-        conn = self._conn
         try:
             tables = self._tables()
         except sqlite3.DatabaseError:
-            raise StoreError(f"{self.path} is not a sesamo-bench results database") from None
+            if not self._reopen_read_only():
+                raise StoreError(f"{self.path} is not a sesamo-bench results database") from None
+            if self.writable:
+                raise StoreError(f"cannot write results store {self.path}: the database can be read but its folder "
+                                 f"{self.path.resolve().parent} cannot be written (SQLite's WAL mode creates "
+                                 f"{self.path.name}-wal and -shm there)") from None
+            tables = self._tables()
+        conn = self._conn
         if tables or not self.writable:
             self._check_marker(tables)
         if not self.writable:
@@ -154,6 +160,28 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write results store {self.path}: {exc}") from None
+
+    def _reopen_read_only(self) -> bool:
+        """For reading commands: a valid database in a folder we cannot write (SQLite's WAL mode
+        wants to create ``-shm`` beside it) is opened read-only, or as immutable when no
+        write-ahead log holds changes. False if that does not work either."""
+        from urllib.parse import quote
+
+        target = quote(str(self.path.resolve()))
+        wal = Path(f"{self.path}-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        for uri in (f"file:{target}?mode=ro", f"file:{target}?immutable=1"):
+            if "immutable" in uri and pending:
+                continue  # it would ignore the changes in the log
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+                conn.execute("SELECT name FROM sqlite_master").fetchall()
+            except sqlite3.Error:
+                continue
+            self._conn.close()
+            self._conn = conn
+            return True
+        return False
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -243,3 +243,31 @@ def test_second_signal_forces_the_exit():
     assert flag() and flag.signum == signal.SIGINT
     with pytest.raises(ForcedStop):
         flag.signalled(signal.SIGTERM)
+
+
+def test_valid_store_in_a_folder_that_cannot_be_written(tmp_path):
+    import shutil
+    import subprocess
+
+    store = tmp_path / "ro" / "r.sqlite"
+    res = invoke("run", "--target", "hubbard", "--methods", "realnvp", "--seeds", "0", *TINY, "--store", store,
+                 "--quiet", "--json")
+    assert res.exit_code == 0, res.stderr
+    [rec] = json.loads(res.stdout)
+    with sqlite3.connect(store) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (tmp_path / "closed").mkdir()
+    shutil.copy(store, tmp_path / "closed" / "r.sqlite")  # the database alone, as after its last writer ended
+    store = tmp_path / "closed" / "r.sqlite"
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(store.parent)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder immutable here (chattr +i)")
+    try:
+        rep = invoke("report", "--store", store)
+        assert rep.exit_code == 0 and "hubbard" in rep.stdout, rep.stderr
+        assert invoke("show", rec["run_id"], "--store", store).exit_code == 0
+        res = invoke("run", "--target", "hubbard", "--methods", "sesamo", "--seeds", "0", *TINY, "--store", store)
+        assert_clean_error(res)
+        assert "cannot be written" in res.stderr
+    finally:
+        subprocess.run(["chattr", "-i", str(store.parent)], check=False)
