@@ -119,12 +119,19 @@ _REFERENCE: dict[str, tuple] = {}
 
 @pytest.fixture(scope="module")
 def long_args(slurm, tmp_path_factory) -> list[str]:
-    """The run's arguments: ~30 s of training on this machine (calibrated on a short run)."""
+    """The run's arguments: ~70 s of training on this machine (calibrated on a short run), so that a
+    job with a one-minute limit and USR2 45 s before it (sent 15-45 s into each attempt: slurmctld
+    looks every 30 s) is signalled at least once whatever the load."""
     d = tmp_path_factory.mktemp("calibrate")
-    [rec] = ok_json("run", *LONG, "--set", "steps=200", "--store", d / "r.sqlite", "--json", "--quiet")
-    per_step = max(rec["wall_s"], 1e-3) / 200
-    steps = int(min(30000, max(1000, 30 / per_step)) // 100 * 100)
+    [rec] = ok_json("run", *LONG, "--set", "steps=400", "--store", d / "r.sqlite", "--json", "--quiet")
+    per_step = max(rec["wall_s"], 1e-3) / 400
+    steps = int(min(60000, max(2000, 70 / per_step)) // 100 * 100)
     return [*LONG, "--set", f"steps={steps}"]
+
+
+def shorter(args: list[str], factor: int) -> list[str]:
+    steps = int(args[-1].split("=")[1])
+    return [*args[:-1], f"steps={max(400, steps // factor // 100 * 100)}"]
 
 
 def reference(args: list[str], tmp_path: Path) -> tuple[dict, dict]:
@@ -169,6 +176,7 @@ def test_time_limit_requeues_and_resumes_from_checkpoint(slurm, tmp_path, long_a
 
 
 def test_resume_after_scancel(slurm, tmp_path, long_args):
+    long_args = shorter(long_args, 4)  # no time limit here: ~20 s of training are enough
     store = tmp_path / "r.sqlite"
     [sub] = ok_json("run", *long_args, *SLURM, "--store", store, "--json")
     ckpt = Path(sub["run_dir"]) / "checkpoint.pt"

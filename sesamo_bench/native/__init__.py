@@ -115,8 +115,8 @@ def _unsafe(path: Path) -> str | None:
         return str(exc)
     if st.st_uid not in (os.getuid(), 0):
         return f"{path} is owned by uid {st.st_uid}"
-    if st.st_mode & 0o022:
-        return f"{path} is writable by other users"
+    if st.st_mode & 0o002:  # (group-writable is the norm with per-user groups, umask 002)
+        return f"{path} is writable by every user"
     return None
 
 
