@@ -119,13 +119,13 @@ _REFERENCE: dict[str, tuple] = {}
 
 @pytest.fixture(scope="module")
 def long_args(slurm, tmp_path_factory) -> list[str]:
-    """The run's arguments: ~70 s of training on this machine (calibrated on a short run), so that a
+    """The run's arguments: ~45 s of training on this machine (calibrated on a short run), so that a
     job with a one-minute limit and USR2 45 s before it (sent 15-45 s into each attempt: slurmctld
     looks every 30 s) is signalled at least once whatever the load."""
     d = tmp_path_factory.mktemp("calibrate")
     [rec] = ok_json("run", *LONG, "--set", "steps=400", "--store", d / "r.sqlite", "--json", "--quiet")
     per_step = max(rec["wall_s"], 1e-3) / 400
-    steps = int(min(60000, max(2000, 70 / per_step)) // 100 * 100)
+    steps = int(min(60000, max(2000, 45 / per_step)) // 100 * 100)
     return [*LONG, "--set", f"steps={steps}"]
 
 
