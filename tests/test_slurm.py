@@ -46,8 +46,14 @@ def slurm(tmp_path_factory):
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = res.stdout.strip().splitlines()[-1]
     yield d
-    subprocess.run([str(ROOT / ".ci" / "slurm-down"), str(d)], check=False)
+    # jobs first (while slurmctld still runs), then the daemons
     subprocess.run(["scancel", "--user", str(os.getuid())], check=False, capture_output=True)
+    for _ in range(30):
+        out = subprocess.run(["squeue", "--noheader"], capture_output=True, text=True, check=False).stdout
+        if not out.strip():
+            break
+        time.sleep(1)
+    subprocess.run([str(ROOT / ".ci" / "slurm-down"), str(d)], check=False)
     if old is None:
         os.environ.pop("SLURM_CONF", None)
     else:
