@@ -31,6 +31,10 @@ else:  # pragma: no cover
 #: keys of each object of ``run --json`` (a contract) and of the fallback table
 JSON_FIELDS = ("run_id", "benchmark", "target", "method", "seed", "params", "status", "steps", "wall_s", "ess",
                "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error")
+#: most worker processes ``run --workers`` accepts
+MAX_WORKERS = 4096
+#: largest batch ``perf --batches`` accepts
+MAX_PERF_BATCH = 1 << 22
 LIST_WHAT = ("targets", "symmetries", "methods", "benchmarks", "presets")
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
 
@@ -177,7 +181,7 @@ def run_cmd(
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one run per value (repeatable)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: auto)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | float64 (default: auto)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=MAX_WORKERS,
                                           help="parallel worker processes (default: one per CPU core)"),
     store: Optional[Path] = typer.Option(None, "--store",
                                          help="results database (default: ./sesamo-runs/results.sqlite)"),
@@ -280,7 +284,7 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
                    json_out: bool, quiet: bool) -> int:
     """Run a planned grid, print the table (or JSON) and return the exit code."""
     from .progress import LogReporter, RichReporter
-    from .runner import EXIT_SIGNAL, default_workers, run_grid
+    from .runner import EXIT_SIGNAL, ForcedStop, default_workers, run_grid
     from .store import DEFAULT_STORE, Store
 
     if workers is None:
@@ -289,8 +293,13 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     reporter = LogReporter() if quiet else RichReporter()
-    with reporter:
-        outcome = run_grid(runs, st, workers=workers, resume=resume, reporter=reporter)
+    try:
+        with reporter:
+            outcome = run_grid(runs, st, workers=workers, resume=resume, reporter=reporter)
+    except ForcedStop as exc:
+        typer.echo(f"stopped at once by a second {signal_name(exc.signum)}: the runs in progress keep their last "
+                   f"checkpoint; rerun the same command with --resume to finish", err=True)
+        return EXIT_SIGNAL.get(exc.signum, 130)
     records = outcome.records
     if json_out:
         typer.echo(json.dumps([run_summary(r) for r in records], indent=2))
@@ -298,7 +307,7 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
         typer.echo(render(records, "terminal"))
     if outcome.signal is not None:
         kept = [r for r in records if r["status"] == "interrupted"]
-        name = {2: "SIGINT", 15: "SIGTERM"}.get(outcome.signal, f"signal {outcome.signal}")
+        name = signal_name(outcome.signal)
         typer.echo(f"stopped by {name}: {len(kept)} interrupted run(s) kept with their checkpoints"
                    + "".join(f"\n  {r['run_id']} {r['target']}/{r['method']}/seed{r['seed']} at step {r['steps']}: "
                              f"{r['run_dir']}" for r in kept)
@@ -306,6 +315,10 @@ def run_and_report(runs: list, notes: list[str], *, store_path: Path | None, wor
                    err=True)
         return EXIT_SIGNAL.get(outcome.signal, 130)
     return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
+def signal_name(signum: int) -> str:
+    return {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
 
 
 def submit_and_report(runs: list, notes: list[str], *, store_path: Path | None, executor: str, settings: Any,
@@ -440,6 +453,7 @@ def status_cmd(
     from .store import DEFAULT_STORE
 
     path = store or DEFAULT_STORE
+    _check_store_file(path)
     statuses = cluster.job_statuses(path.resolve().parent, tail=tail)
     if json_out:
         typer.echo(json.dumps([{"submission": s.submission, "executor": s.executor, "job_id": s.entry["job_id"],
@@ -452,6 +466,22 @@ def status_cmd(
         typer.echo(f"no submitted jobs under {path.resolve().parent / 'jobs'}", err=True)
         return
     typer.echo(status_text(statuses))
+
+
+def _check_store_file(path: Path) -> None:
+    """A ``--store`` that exists must be an SQLite file (checked without opening it: `status` also
+    works where the database is read-only)."""
+    from .errors import StoreError
+
+    try:
+        if not (path.exists() or path.is_symlink()):
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(16) if path.is_file() else b""
+    except (OSError, RuntimeError) as exc:
+        raise StoreError(f"cannot open results store {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if head != b"SQLite format 3\x00":
+        raise StoreError(f"{path} is not a sesamo-bench results database")
 
 
 def status_text(statuses: list) -> str:
@@ -619,8 +649,14 @@ def perf_cmd(
             opt.batches = tuple(int(v) for v in batches.split(",") if v)
         except ValueError:
             raise ConfigError(f"--batches expects comma-separated integers, got {batches!r}") from None
+        bad_batch = [b for b in opt.batches if not 1 <= b <= MAX_PERF_BATCH]
+        if bad_batch or not opt.batches:
+            raise ConfigError(f"--batches: each batch must be an integer from 1 to {MAX_PERF_BATCH}, "
+                              f"got {bad_batch[0] if bad_batch else batches!r}")
     if reps:
         opt.reps = reps
+    if out is not None and not out.parent.is_dir():  # fail now, not after the whole benchmark
+        raise ConfigError(f"--out: folder {out.parent} does not exist")
     opt.device, opt.peer, opt.threads = device, not no_peer, threads
     res = run_perf(opt, log=lambda m: typer.echo(f"... {m}", err=True))
     typer.echo(render(res))

@@ -290,15 +290,48 @@ class JobStatus:
     result: dict[str, Any] | None = None  # result.json written by this job
 
 
+#: keys of a manifest and of each of its job entries, with their types
+_MANIFEST_KEYS = {"submission": str, "executor": str, "folder": str, "jobs": list}
+_ENTRY_KEYS = {"run_id": str, "job_id": str, "label": str, "target": str, "method": str, "seed": int,
+               "params": dict, "config": dict, "run_dir": str, "stdout": str, "stderr": str}
+
+
+def check_manifest(m: Any, path: Path) -> dict[str, Any]:
+    """``m`` if it has the shape :func:`submit` writes, else a :class:`UserError` naming what is wrong."""
+    def bad(what: str) -> UserError:
+        return UserError(f"job manifest {path} is not a sesamo-bench manifest: {what}")
+
+    if not isinstance(m, dict):
+        raise bad(f"expected a JSON object, got {type(m).__name__}")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(m.get(key), kind):
+            raise bad(f"'{key}' must be a {kind.__name__}")
+    if m["executor"] not in ("slurm", "submitit-local"):
+        raise bad(f"'executor' must be slurm or submitit-local, got {m['executor']!r}")
+    for i, e in enumerate(m["jobs"]):
+        if not isinstance(e, dict):
+            raise bad(f"jobs[{i}] must be an object")
+        for key, kind in _ENTRY_KEYS.items():
+            if not isinstance(e.get(key), kind) or (kind is int and isinstance(e.get(key), bool)):
+                raise bad(f"jobs[{i}].{key} must be a {kind.__name__}")
+        if not re.fullmatch(r"[0-9a-f]{12}", e["run_id"]) or not re.fullmatch(r"[0-9_.\[\]-]+", e["job_id"]):
+            raise bad(f"jobs[{i}] has a malformed run_id or job_id")
+    return m
+
+
 def manifests(store_dir: Path) -> list[dict[str, Any]]:
-    """Every submission's manifest under ``<store_dir>/jobs``, oldest first."""
+    """Every submission's manifest under ``<store_dir>/jobs``, oldest first (each checked)."""
     out = []
-    for path in sorted((store_dir / "jobs").glob("*/manifest.json")):
+    jobs = store_dir / "jobs"
+    if not jobs.is_dir():
+        return []
+    for path in sorted(jobs.glob("*/manifest.json")):
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
+            m = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read job manifest {path}: {exc}") from None
-    return sorted(out, key=lambda m: (m.get("created", ""), m.get("submission", "")))
+        out.append(check_manifest(m, path))
+    return sorted(out, key=lambda m: (str(m.get("created", "")), m["submission"]))
 
 
 def job_statuses(store_dir: Path, *, tail: int = 10) -> list[JobStatus]:
@@ -317,18 +350,61 @@ def job_statuses(store_dir: Path, *, tail: int = 10) -> list[JobStatus]:
         for rid, (m, e) in latest.items():
             cls = submitit.SlurmJob if m["executor"] == "slurm" else submitit.LocalJob
             jobs[rid] = cls(folder=m["folder"], job_id=e["job_id"])
-        if any(m["executor"] == "slurm" for m, _ in latest.values()) and shutil.which("sacct"):
+        if any(m["executor"] == "slurm" for m, _ in latest.values()) and shutil.which("sacct") and _accounting():
             with quiet_submitit():
                 submitit.SlurmJob.watcher.update()  # one sacct call for every job
+    queue = _squeue_states() if any(m["executor"] == "slurm" for m, _ in latest.values()) else {}
     out = []
     for rid, (m, e) in latest.items():
         st = JobStatus(m["submission"], m["executor"], e, "unknown")
-        _fill(st, jobs.get(rid), tail)
+        _fill(st, jobs.get(rid), tail, queue)
         out.append(st)
     return out
 
 
-def _fill(st: JobStatus, job: Any, tail: int) -> None:
+def _squeue_states() -> dict[str, str]:
+    """Job id -> state from ``squeue`` (pending, running and recently ended jobs): what `status`
+    uses where ``sacct`` knows nothing (a cluster without accounting storage)."""
+    import subprocess
+
+    if not shutil.which("squeue"):
+        return {}
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T"], capture_output=True,
+                             text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if not (jid and state):
+            continue
+        m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", jid)  # pending array tasks: 12_[0-3,5%2]
+        if m:
+            for part in m.group(2).split(","):
+                lo, _, hi = part.partition("-")
+                if lo.isdigit() and (hi.isdigit() or not hi) and int(hi or lo) - int(lo) < 100000:
+                    for i in range(int(lo), int(hi or lo) + 1):
+                        states[f"{m.group(1)}_{i}"] = state.upper()
+        else:
+            states[jid] = state.upper()
+    return states
+
+
+def _accounting() -> bool:
+    """Whether this cluster keeps accounting (else ``sacct`` knows no job, and `status` uses squeue)."""
+    import subprocess
+
+    if not shutil.which("scontrol"):
+        return True
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return not re.search(r"AccountingStorageType\s*=\s*accounting_storage/none", out.stdout)
+
+
+def _fill(st: JobStatus, job: Any, tail: int, queue: dict[str, str] | None = None) -> None:
     e = st.entry
     st.result = _own_result(e, st.submission)
     if st.result is not None:
@@ -337,19 +413,18 @@ def _fill(st: JobStatus, job: Any, tail: int) -> None:
     elif job is None:
         st.detail = f"install submitit to see job states ({INSTALL_HINT})"
     elif job.paths.result_pickle.exists():
-        try:
-            from submitit.core.utils import pickle_load
-
-            outcome, value = pickle_load(job.paths.result_pickle)
-        except Exception as exc:  # noqa: BLE001
-            outcome, value = "error", f"unreadable result pickle: {exc}"
-        st.state = "failed" if outcome == "error" else "finished"
-        if outcome == "error":
-            st.detail = (str(value).strip().splitlines() or [""])[-1]
+        # the job has ended but its run directory holds no result.json of this job. submitit's
+        # result pickle is never unpickled here (a planted one would run code): the cause is in
+        # the job's log, shown below
+        st.state = "failed"
+        st.detail = "the job ended without writing a result"
     elif st.executor == "slurm":
         raw = str(job.watcher.get_state(e["job_id"], mode="cache") or "UNKNOWN").upper()
+        if raw == "UNKNOWN" and (queue or {}).get(e["job_id"]):
+            raw = queue[e["job_id"]]  # no accounting storage: squeue still knows the job
         st.state = slurm_category(raw)
-        st.detail = f"slurm: {raw}" if shutil.which("sacct") else "sacct not found: run status on the cluster"
+        st.detail = (f"slurm: {raw}" if shutil.which("sacct") or shutil.which("squeue")
+                     else "sacct not found: run status on the cluster")
         if st.state == "failed" and raw.startswith("COMPLETED"):
             st.detail = "the job ended without writing a result"
     else:

@@ -25,6 +25,7 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from .claim import STALE_S
 from .grid import PlannedRun
 from .progress import summary_line
 
@@ -59,9 +60,11 @@ class RunJob(Checkpointable):
         if not cfg.threads and cpus and cpus.isdigit():
             torch.set_num_threads(int(cpus))  # torch's default counts the node's cores, not the allocation
         env = submitit.JobEnvironment()
+        # a requeued job may start while its predecessor (on another node) still holds the claim:
+        # wait until that claim ends or goes stale
         record = execute_in_dir(self.run, self.run_dir, resume=self.resume, should_stop=lambda: False,
                                 emit=_log_event, extra_provenance={"job_id": env.job_id, "submission": self.submission,
-                                                  "cluster": env.cluster})
+                                                  "cluster": env.cluster}, claim_wait_s=STALE_S + 30)
         if record["status"] == "failed":
             raise RunFailed(f"run {self.run.run_id} failed: {record['error']}")
         return {k: record[k] for k in ("run_id", "status", "steps", "ess", "log_z")}
@@ -81,6 +84,8 @@ def _log_event(kind: str, run_id: str, data: dict[str, Any]) -> None:
     elif kind == "eval":
         parts = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
         print(f"eval {parts}", flush=True)
+    elif kind == "note":
+        print(f"note: {data['message']}", file=sys.stderr, flush=True)
     elif kind == "end":
         print(summary_line(data), flush=True)
         if data.get("error"):

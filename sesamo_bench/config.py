@@ -11,6 +11,7 @@ allowed keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,8 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
     if key not in HYPER:
         raise ConfigError(f"{where}: unknown key '{key}'. Allowed: {', '.join(sorted(HYPER))}")
     value = _coerce(value, HYPER[key], key, where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
     if key in RANGES:
         lo, inclusive, hi = RANGES[key]
         ok = (value >= lo if inclusive else value > lo) and (hi is None or value <= hi)
@@ -168,8 +171,8 @@ def resolve(target: str, method: str, *, seed: int = 0, preset: str = "quick",
 
     tcls = plugins.targets.get(target)
     method_class(method)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer >= 0 and < 2**32, got {seed!r}")
     values = {k: check_hyper(k, v, f"preset '{preset}' of target '{target}'")
               for k, v in preset_values(tcls, preset, method).items()}
     hyper, tparams, sparams = split_overrides(dict(overrides or {}), tcls)

@@ -59,7 +59,8 @@ class PlannedRun:
 
 def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     """Resolve and validate a grid; returns the runs and notes (e.g. skipped methods)."""
-    from .train import build, build_symmetry, build_target, check_exact, resolve_device
+    from .train import (build, build_symmetry, build_target, check_exact, check_finite_action, check_size,
+                        resolve_device)
 
     plugins.targets.get(req.target)
     implicit = req.methods is None
@@ -73,8 +74,8 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     if not req.seeds:
         raise ConfigError("no seeds given")
     for s in req.seeds:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"seeds must be integers >= 0, got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < SEED_LIMIT:
+            raise ConfigError(f"seeds must be integers >= 0 and < 2**32 ({SEED_LIMIT}), got {s!r}")
     for key, values in req.sweeps.items():
         if not values:
             raise ConfigError(f"sweep '{key}' has no values")
@@ -96,6 +97,8 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
             cfg = cfgs[0]
             resolve_device(cfg.device)
             target = build_target(cfg)
+            check_size(cfg, target)  # before anything the size of the run is allocated
+            check_finite_action(target)
             if method_class(method).needs_symmetry or cfg.symmetry:
                 check_exact(build_symmetry(cfg, target), target)
             try:
@@ -115,9 +118,12 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
                     params[key] = cfg.symmetry_params.get(key.split(".", 1)[1])
                 elif key in HYPER:
                     params[key] = getattr(cfg, key)
+            shadow = plugin_sources(cfg, target)
             for c in cfgs:
                 ident = c.to_dict()
                 ident["target_params"] = tparams
+                if shadow:  # a plugin in place of a built-in of the same name: its own runs
+                    ident["plugin_sources"] = shadow
                 rid = run_id(ident, req.benchmark)
                 if rid not in seen:  # e.g. --sweep beta=1,1.0
                     seen.add(rid)
@@ -125,6 +131,22 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     if not runs:
         raise IncompatibleError(f"no method can run on target '{req.target}' ({'; '.join(notes)})")
     return runs, notes
+
+
+#: seeds are used modulo 2**32 by some generators: larger ones are refused rather than aliased
+SEED_LIMIT = 2**32
+
+
+def plugin_sources(cfg: RunConfig, target: Any) -> dict[str, str]:
+    """``{"target:<name>": sha256, "symmetry:<name>": sha256}`` of the plugins of a run that shadow
+    a built-in plugin of the same name (empty when the built-ins are used: their run ids stay)."""
+    out = {}
+    sym = cfg.symmetry or target.symmetry()[0]
+    for kind, registry, name in (("target", plugins.targets, cfg.target), ("symmetry", plugins.symmetries, sym)):
+        digest = registry.shadow_digest(name)
+        if digest is not None:
+            out[f"{kind}:{name}"] = digest
+    return out
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -142,8 +164,9 @@ def parse_seeds(text: str) -> list[int]:
             s = int(item)
         except ValueError:
             raise ConfigError(f"--seeds: expected integers >= 0, got {item!r}") from None
-        if s < 0:
-            raise ConfigError(f"--seeds: seeds must be >= 0, got {s}")
+        if not 0 <= s < SEED_LIMIT:
+            raise ConfigError(f"--seeds: seeds must be >= 0 and < 2**32 ({SEED_LIMIT}; larger seeds would repeat "
+                              f"smaller ones), got {s}")
         out.append(s)
     return out
 
@@ -156,6 +179,9 @@ def parse_assignments(items: list[str], option: str) -> dict[str, str]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"{option}: expected key=value, got {item!r}")
+        if key in out:
+            raise ConfigError(f"{option}: key '{key}' given twice ({key}={out[key]} and {key}={value.strip()}); "
+                              f"give each key once")
         out[key] = value.strip()
     return out
 

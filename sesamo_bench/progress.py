@@ -53,6 +53,8 @@ class LogReporter:
     def event(self, kind: str, run_id: str, data: dict[str, Any]) -> None:
         if kind == "end":
             print(summary_line(data), file=self.stream, flush=True)
+        elif kind == "note":
+            self.note(data["message"])
 
     def note(self, message: str) -> None:
         print(message, file=self.stream, flush=True)
@@ -83,7 +85,9 @@ class RichReporter:
 
     def event(self, kind: str, run_id: str, data: dict[str, Any]) -> None:
         p = self.progress
-        if kind == "start":
+        if kind == "note":
+            self.note(data["message"])
+        elif kind == "start":
             self.tasks[run_id] = p.add_task(data["label"], total=data["steps"], completed=data.get("step", 0),
                                             info="")
         elif kind == "step" and run_id in self.tasks:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import hashlib
 import inspect
+import math
 import os
 import sys
 import traceback
@@ -60,6 +62,8 @@ class Registry(Generic[T]):
         self.kind, self.base, self.folder, self.group = kind, base, folder, group
         self._items: dict[str, type] | None = None
         self.errors: dict[str, str] = {}
+        self.sources: dict[str, Path] = {}
+        self.builtins: set[str] = set()
 
     # discovery -------------------------------------------------------------------------------
     def _load_file(self, path: Path, found: dict[str, type], *, builtin: bool = False) -> None:
@@ -75,7 +79,7 @@ class Registry(Generic[T]):
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[modname] = module
                 spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not raised
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported, not raised
             sys.modules.pop(modname, None)
             last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
             where = f" (line {last[0].lineno})" if last and last[0].filename == str(path) else ""
@@ -87,10 +91,15 @@ class Registry(Generic[T]):
             if (inspect.isclass(obj) and issubclass(obj, self.base) and obj is not self.base
                     and obj.__module__ == modname and getattr(obj, "name", None)):
                 found[obj.name] = obj
+                self.sources[obj.name] = path
+                if builtin:
+                    self.builtins.add(obj.name)
 
     def _discover(self) -> dict[str, type]:
         found: dict[str, type] = {}
         self.errors = {}
+        self.sources: dict[str, Path] = {}
+        self.builtins: set[str] = set()
         builtin = builtin_dir(self.folder)
         for d in plugin_dirs(self.folder):
             for path in sorted(d.glob("*.py")):
@@ -103,8 +112,25 @@ class Registry(Generic[T]):
                 self.errors[f"entry point {ep.name}"] = f"entry point {ep.name}: {type(exc).__name__}: {exc}"
                 continue
             if inspect.isclass(obj) and issubclass(obj, self.base):
-                found[getattr(obj, "name", ep.name)] = obj
+                name = getattr(obj, "name", ep.name)
+                found[name] = obj
+                try:
+                    self.sources[name] = Path(inspect.getsourcefile(obj) or "")
+                except TypeError:
+                    self.sources.pop(name, None)
         return found
+
+    def shadow_digest(self, name: str) -> str | None:
+        """sha256 of the source file of plugin ``name`` when it replaces a built-in plugin of that
+        name (then its runs must not share the built-in's run ids); None otherwise."""
+        items = self.items
+        src = self.sources.get(name)
+        if name not in items or name not in self.builtins or src is None or src.parent == builtin_dir(self.folder):
+            return None
+        try:
+            return hashlib.sha256(src.read_bytes()).hexdigest()
+        except OSError:
+            return hashlib.sha256(repr(items[name]).encode()).hexdigest()
 
     @property
     def items(self) -> dict[str, type]:
@@ -123,10 +149,14 @@ class Registry(Generic[T]):
         try:
             return self.items[name]
         except KeyError:
-            broken = [e for e in self.errors.values() if e.startswith(f"{name}.py")]
+            stem = name.replace("-", "_")
+            broken = [e for e in self.errors.values() if e.startswith((f"{name}.py", f"{stem}.py"))]
             if broken:
                 raise PluginError(f"{self.kind} plugin {broken[0]}") from None
-            raise UnknownNameError(self.kind, name, self.names()) from None
+            err = UnknownNameError(self.kind, name, self.names())
+            if self.errors:  # the plugin may be in a file of another name that failed to load
+                err.args = (f"{err.args[0]}; plugin files that failed to load: " + "; ".join(self.errors.values()),)
+            raise err from None
 
     def create(self, name: str, params: dict[str, Any] | None = None, *, table: str | None = None) -> T:
         """Instantiate plugin ``name`` with keyword arguments ``params`` (validated)."""
@@ -164,13 +194,18 @@ def _coerce(value: Any, default: Any, key: str, table: str) -> Any:
             except ValueError:
                 pass
     elif isinstance(default, float):
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{table}: '{key}' must be a finite number, got {value!r}")
+            return number
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -204,3 +239,6 @@ def build(cls: type, params: dict[str, Any], *, table: str) -> Any:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{table}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug: one line naming it
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{table}: the plugin's constructor raised {type(exc).__name__}: {first}") from None

@@ -28,14 +28,14 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .claim import Busy, acquire
 from .errors import DivergedError, StoreError
 from .grid import PlannedRun
 from .store import Store, write_history_csv, write_json, write_samples
@@ -105,55 +105,99 @@ Emit = Callable[[str, str, dict[str, Any]], None]
 
 def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Callable[[], bool],
             emit: Emit) -> dict[str, Any] | None:
-    """Train one run and record it in the store; ``None`` when a stop was requested before it began."""
+    """Train one run and record it in the store; ``None`` when a stop was requested before it began.
+
+    A run that another live process is training (its claim, :mod:`sesamo_bench.claim`) is not
+    touched: a note is emitted and its current row returned."""
     if should_stop():
         return None
     store = Store(store_path)
     try:
-        return execute_in_dir(run, store.runs_dir / run.run_id, resume=resume, should_stop=should_stop, emit=emit,
-                              put=store.put)
+        try:
+            return execute_in_dir(run, store.runs_dir / run.run_id, resume=resume, should_stop=should_stop,
+                                  emit=emit, put=store.put)
+        except Busy as exc:
+            emit("note", run.run_id, {"message": f"skipping {run.config.label()} [{run.run_id}]: {exc}; "
+                                                 f"rerun with --resume once it has ended"})
+            row = store.get(run.run_id)
+            return row if row is not None else {**_bare_record(run, store.runs_dir / run.run_id),
+                                                "status": "running", "error": str(exc)}
     finally:
         store.close()
 
 
+def _bare_record(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
+    cfg = run.config
+    return {"run_id": run.run_id, "benchmark": run.benchmark, "target": cfg.target, "method": cfg.method,
+            "seed": cfg.seed, "params": run.params, "config": cfg.to_dict(), "run_dir": str(run_dir),
+            "steps": None, "wall_s": None, "ess": None, "log_z": None, "log_z_err": None, "breaking_ratio": None,
+            "breaking_ratio_exact": None, "error": None}
+
+
 def execute_in_dir(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop: Callable[[], bool], emit: Emit,
                    put: Callable[[dict[str, Any]], None] | None = None,
-                   extra_provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                   extra_provenance: dict[str, Any] | None = None, claim_wait_s: float = 0.0) -> dict[str, Any]:
     r"""Train one run into its run directory and return its record.
 
     Arguments:
         run: the run.
         run_dir: its directory (``config.json``, ``checkpoint.pt``, ``history.csv``, ``samples.npz``,
             ``result.json`` are written there atomically).
-        resume: continue from ``run_dir/checkpoint.pt`` when it exists.
+        resume: continue from ``run_dir/checkpoint.pt`` when it exists. A checkpoint that does not
+            load (empty, truncated, damaged, holding objects, of another model) is reported in one
+            note and the run restarts from step 0.
         should_stop: polled every step (see :func:`sesamo_bench.train.train`).
         emit: receives progress events ``(kind, run_id, data)``.
         put: receives the record when the run starts and when it ends (the store's ``put``);
             ``None`` for cluster jobs, which never open the database.
         extra_provenance: added to the record's provenance (e.g. the cluster job id).
+        claim_wait_s: how long to wait for another process's live claim on the run.
 
     Returns:
         The record (the columns of the store's ``runs`` table).
+
+    Raises:
+        Busy: another live process holds the run's claim.
     """
+    with acquire(run_dir, wait_s=claim_wait_s):
+        return _execute_claimed(run, run_dir, resume=resume, should_stop=should_stop, emit=emit, put=put,
+                                extra_provenance=extra_provenance)
+
+
+def _discard(run_dir: Path) -> None:
+    for name in ("checkpoint.pt", "checkpoint.tmp", "samples.npz", "result.json", "history.csv"):
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink()
+
+
+def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop: Callable[[], bool], emit: Emit,
+                     put: Callable[[dict[str, Any]], None] | None,
+                     extra_provenance: dict[str, Any] | None) -> dict[str, Any]:
     import torch
 
-    from .train import Interrupted, train
+    from .train import CheckpointError, Interrupted, load_checkpoint, train
 
     cfg = run.config
     ckpt = run_dir / "checkpoint.pt"
     prior: list[dict[str, Any]] = []
     prior_wall, start_step = 0.0, 0
+    discarded = None
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        prior, prior_wall, start_step = list(state["history"]), float(state["wall_s"]), int(state["step"])
-    else:
+        try:
+            state = load_checkpoint(ckpt)
+            prior, prior_wall, start_step = list(state["history"]), float(state["wall_s"]), int(state["step"])
+        except CheckpointError as exc:
+            discarded = str(exc)
+            emit("note", run.run_id, {"message": f"{cfg.label()} [{run.run_id}]: {exc}; restarting from step 0"})
+            resume = False
+    if not (resume and ckpt.exists()):
         resume = False
-        for name in ("checkpoint.pt", "samples.npz", "result.json", "history.csv"):
-            with contextlib.suppress(OSError):
-                (run_dir / name).unlink()
+        _discard(run_dir)
     prov = provenance(run)
     prov["start"] = _now()
     prov["resumed_from_step"] = start_step if resume else None
+    if discarded is not None:
+        prov["checkpoint_discarded"] = discarded
     prov.update(extra_provenance or {})
     record: dict[str, Any] = {
         "run_id": run.run_id, "benchmark": run.benchmark, "target": cfg.target, "method": cfg.method,
@@ -186,8 +230,16 @@ def execute_in_dir(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop:
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # a run's numbers must not depend on the caller's default dtype
     try:
-        result = train(cfg, checkpoint=ckpt, resume=resume, callback=on_eval, should_stop=should_stop,
-                       progress=on_step)
+        try:
+            result = train(cfg, checkpoint=ckpt, resume=resume, callback=on_eval, should_stop=should_stop,
+                           progress=on_step)
+        except CheckpointError as exc:  # loaded, but does not fit the model: start again from step 0
+            emit("note", run.run_id, {"message": f"{cfg.label()} [{run.run_id}]: {exc}; restarting from step 0"})
+            prov.update(checkpoint_discarded=str(exc), resumed_from_step=None)
+            _discard(run_dir)
+            prior, prior_wall, start_step, rows[:] = [], 0.0, 0, []
+            result = train(cfg, checkpoint=ckpt, resume=False, callback=on_eval, should_stop=should_stop,
+                           progress=on_step)
     except DivergedError as exc:
         record.update(status="diverged", steps=exc.step, error=str(exc),
                       metrics={"diverged_step": exc.step, "diverged_what": exc.what})
@@ -226,18 +278,34 @@ def execute_in_dir(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop:
 # ---------------------------------------------------------------------------------------------
 # signals
 # ---------------------------------------------------------------------------------------------
+class ForcedStop(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM while the grid was already stopping: leave now."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"second {signal.Signals(signum).name}")
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM (or by hand); remembers which signal came first."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.event: Any = None  # a multiprocessing Event shared with workers
+        self.received = 0  # signals delivered to this process
 
     def set(self, signum: int) -> None:
         if self.signum is None:
             self.signum = signum
         if self.event is not None:
             self.event.set()
+
+    def signalled(self, signum: int) -> None:
+        """A signal arrived: the first asks the grid to stop, a second one forces the exit."""
+        self.received += 1
+        if self.received > 1:
+            raise ForcedStop(signum)
+        self.set(signum)
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -249,7 +317,7 @@ def catch_signals(flag: StopFlag) -> Iterator[None]:
     old = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, lambda s, _f: flag.set(s))
+            old[sig] = signal.signal(sig, lambda s, _f: flag.signalled(s))
     except ValueError:  # not the main thread
         pass
     try:
@@ -290,20 +358,33 @@ def default_workers(runs: list[PlannedRun]) -> int:
     return max(1, min(len(runs), os.cpu_count() or 1))
 
 
-def _worker_init(stop_event: Any, events: Any) -> None:
+def _worker_main(stop_event: Any, inbox: Any, out: Any, store_path: str) -> None:
+    """A worker process: runs the ``(run, resume)`` tasks of ``inbox`` until it gets ``None``.
+
+    Results go to ``out`` as ``("done", run_id, record)``, ``("store", run_id, message)`` (the store
+    cannot be written: the grid stops) or ``("error", run_id, message)``; progress events as
+    ``("event", kind, run_id, data)``."""
     import torch
 
     torch.set_num_threads(1)
-    _W["stop"], _W["events"] = stop_event, events
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _f: stop_event.set())
 
+    def emit(kind: str, rid: str, data: dict[str, Any]) -> None:
+        out.put(("event", kind, rid, data))
 
-def _worker_run(run: PlannedRun, store_path: str, resume: bool) -> dict[str, Any] | None:
-    events = _W["events"]
-    stop = _W["stop"]
-    return execute(run, Path(store_path), resume=resume, should_stop=stop.is_set,
-                   emit=lambda kind, rid, data: events.put((kind, rid, data)))
+    while True:
+        task = inbox.get()
+        if task is None:
+            return
+        run, resume = task
+        try:
+            rec = execute(run, Path(store_path), resume=resume, should_stop=stop_event.is_set, emit=emit)
+            out.put(("done", run.run_id, rec))
+        except StoreError as exc:
+            out.put(("store", run.run_id, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported to the grid, which records the run as failed
+            out.put(("error", run.run_id, f"{type(exc).__name__}: {exc}".strip().splitlines()[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,69 +425,131 @@ def run_grid(runs: list[PlannedRun], store: Store, *, workers: int = 1, resume: 
     return out
 
 
+def _death(exitcode: int | None) -> str:
+    """Why a worker process ended, from its exit code."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory, or kill -9)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {exitcode}"
+
+
+class _Worker:
+    """One worker process of the grid, with its own task queue and the task it runs."""
+
+    def __init__(self, ctx: Any, stop_event: Any, out: Any, store_path: str):
+        self.inbox = ctx.SimpleQueue()
+        self.proc = ctx.Process(target=_worker_main, args=(stop_event, self.inbox, out, store_path), daemon=True)
+        self.proc.start()
+        self.task: tuple[PlannedRun, bool] | None = None
+
+    def give(self, task: tuple[PlannedRun, bool]) -> None:
+        self.task = task
+        self.inbox.put(task)
+
+
 def _pool(todo: list[tuple[PlannedRun, bool]], store: Store, workers: int, flag: StopFlag, reporter: Any,
           done: dict[str, dict[str, Any]]) -> None:
+    r"""Run ``todo`` on ``workers`` processes of our own (spawned), so that one dying worker (OOM
+    killer, ``kill -9``) costs only its own run: that run is recorded ``failed`` with the cause,
+    a new worker takes its place, the runs of the other workers go on undisturbed."""
     ctx = mp.get_context("spawn")
-    stop_event, events = ctx.Event(), ctx.Queue()
+    stop_event, out = ctx.Event(), ctx.Queue()
     flag.event = stop_event
     if flag():
         stop_event.set()
-    pending: dict[Future, PlannedRun] = {}
     waiting = deque(todo)
     error: BaseException | None = None
+    pool: list[_Worker] = []
+    by_id: dict[str, _Worker] = {}
+
+    def handle(msg: tuple) -> None:
+        nonlocal error
+        if msg[0] == "event":
+            reporter.event(msg[1], msg[2], msg[3])
+            return
+        kind, rid, value = msg
+        w = by_id.pop(rid, None)
+        if w is not None:
+            w.task = None
+        if kind == "done":
+            if value is not None:
+                done[rid] = value
+        elif kind == "store":
+            error = error or StoreError(value)
+            stop_event.set()
+        elif w is not None and w.task is None:
+            run = next(r for r, _ in todo if r.run_id == rid)
+            done[rid] = _crashed(run, store, f"worker error: {value}")
 
     def drain(timeout: float) -> None:
         try:
-            kind, rid, data = events.get(timeout=timeout)
-            reporter.event(kind, rid, data)
+            handle(out.get(timeout=timeout))
             while True:
-                kind, rid, data = events.get_nowait()
-                reporter.event(kind, rid, data)
+                handle(out.get_nowait())
         except queue.Empty:
             pass
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(stop_event, events)) as ex:
-        try:
-            while waiting or pending:
-                if stop_event.is_set() and flag.signum is None and error is None:
-                    flag.set(signal.SIGINT)  # a worker saw the signal (Ctrl-C reaches the whole group)
-                while waiting and len(pending) < workers and not stop_event.is_set():
-                    run, res = waiting.popleft()
-                    try:
-                        pending[ex.submit(_worker_run, run, str(store.path), res)] = run
-                    except BrokenProcessPool as exc:  # a worker died hard: the rest cannot run
-                        done[run.run_id] = _crashed(run, store, exc)
-                if not pending:
+    try:
+        while waiting or by_id:
+            if stop_event.is_set() and flag.signum is None and error is None:
+                flag.set(signal.SIGINT)  # a worker saw the signal (Ctrl-C reaches the whole group)
+            while waiting and not stop_event.is_set():
+                idle = [w for w in pool if w.task is None and w.proc.is_alive()]
+                if not idle and len(pool) < workers:
+                    pool.append(_Worker(ctx, stop_event, out, str(store.path)))
+                    continue
+                if not idle:
                     break
+                task = waiting.popleft()
+                idle[0].give(task)
+                by_id[task[0].run_id] = idle[0]
+            if not by_id:
+                break
+            drain(0.05)
+            for w in list(pool):
+                if w.proc.is_alive():
+                    continue
+                drain(0.2)  # what it sent before it died
+                pool.remove(w)
+                if w.task is not None:
+                    run = w.task[0]
+                    by_id.pop(run.run_id, None)
+                    done[run.run_id] = _crashed(run, store, f"worker process {w.proc.pid} died: "
+                                                            f"{_death(w.proc.exitcode)}", pid=w.proc.pid)
+                    reporter.event("end", run.run_id, done[run.run_id])
+    finally:
+        forced = sys.exc_info()[0] is not None
+        for w in pool:
+            with contextlib.suppress(Exception):
+                if forced:
+                    w.proc.kill()
+                else:
+                    w.inbox.put(None)
+        # read what the workers still send while they end (a full queue would block their exit)
+        while any(w.proc.is_alive() for w in pool):
+            with contextlib.suppress(Exception):
                 drain(0.05)
-                finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    run = pending.pop(fut)
-                    try:
-                        rec = fut.result()
-                    except StoreError as exc:
-                        error = error or exc
-                        stop_event.set()
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - a crashed worker: record the run as failed
-                        rec = _crashed(run, store, exc)
-                    if rec is not None:
-                        done[run.run_id] = rec
-        finally:
-            if error is not None:
-                stop_event.set()
+        for w in pool:
+            w.proc.join()
+        with contextlib.suppress(Exception):
             drain(0.0)
-    drain(0.0)
     if error is not None:
         raise error
 
 
-def _crashed(run: PlannedRun, store: Store, exc: BaseException) -> dict[str, Any]:
-    msg = f"worker process died: {type(exc).__name__}: {exc}".splitlines()[0]
+def _crashed(run: PlannedRun, store: Store, msg: str, *, pid: int | None = None) -> dict[str, Any]:
+    """Record ``run`` as failed with ``msg`` (unless the dead worker had recorded its end already)."""
+    old = store.get(run.run_id)
+    if (old is not None and pid is not None and old["status"] in ("finished", "diverged", "failed")
+            and (old.get("provenance") or {}).get("pid") == pid):
+        return old
     rec = {"run_id": run.run_id, "benchmark": run.benchmark, "target": run.config.target,
            "method": run.config.method, "seed": run.config.seed, "params": run.params,
-           "config": run.config.to_dict(), "status": "failed", "error": msg, "finished": _now(),
-           "run_dir": str(store.runs_dir / run.run_id)}
+           "config": run.config.to_dict(), "status": "failed", "error": msg.splitlines()[0], "finished": _now(),
+           "metrics": {"error": msg.splitlines()[0]}, "run_dir": str(store.runs_dir / run.run_id)}
     store.put(rec)
     return store.get(run.run_id) or rec

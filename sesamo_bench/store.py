@@ -93,8 +93,14 @@ class Store:
 
     def __init__(self, path: Path | str, *, create: bool = True):
         self.path = Path(path)
-        self.runs_dir = self.path.resolve().parent / "runs"
-        if not self.path.exists():
+        try:
+            self.runs_dir = self.path.resolve().parent / "runs"
+            exists = self.path.exists()
+            self.path.stat() if exists else None
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long, ...
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(f"cannot open results store {self.path}: {reason}") from None
+        if not exists:
             if not create:
                 raise StoreError(f"no results database at {self.path} (run 'sesamo-bench run' first or pass --store)")
             try:
@@ -117,11 +123,17 @@ class Store:
         return conn
 
     def _init(self) -> None:
-        conn = self._conn
         try:
             tables = self._tables()
         except sqlite3.DatabaseError:
-            raise StoreError(f"{self.path} is not a sesamo-bench results database") from None
+            if not self._reopen_read_only():
+                raise StoreError(f"{self.path} is not a sesamo-bench results database") from None
+            if self.writable:
+                raise StoreError(f"cannot write results store {self.path}: the database can be read but its folder "
+                                 f"{self.path.resolve().parent} cannot be written (SQLite's WAL mode creates "
+                                 f"{self.path.name}-wal and -shm there)") from None
+            tables = self._tables()
+        conn = self._conn
         if tables or not self.writable:
             self._check_marker(tables)
         if not self.writable:
@@ -148,6 +160,28 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write results store {self.path}: {exc}") from None
+
+    def _reopen_read_only(self) -> bool:
+        """For reading commands: a valid database in a folder we cannot write (SQLite's WAL mode
+        wants to create ``-shm`` beside it) is opened read-only, or as immutable when no
+        write-ahead log holds changes. False if that does not work either."""
+        from urllib.parse import quote
+
+        target = quote(str(self.path.resolve()))
+        wal = Path(f"{self.path}-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        for uri in (f"file:{target}?mode=ro", f"file:{target}?immutable=1"):
+            if "immutable" in uri and pending:
+                continue  # it would ignore the changes in the log
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+                conn.execute("SELECT name FROM sqlite_master").fetchall()
+            except sqlite3.Error:
+                continue
+            self._conn.close()
+            self._conn = conn
+            return True
+        return False
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -222,7 +256,13 @@ class Store:
         for r in rows:
             d = dict(zip(COLUMNS, r))
             for k in JSON_COLUMNS:
-                d[k] = json.loads(d[k]) if d[k] else ({} if k != "history" else [])
+                empty: Any = {} if k != "history" else []
+                try:
+                    d[k] = json.loads(d[k]) if d[k] else empty
+                except (TypeError, ValueError):  # one damaged cell must not make every row unreadable
+                    d[k] = empty
+                if not isinstance(d[k], type(empty)):
+                    d[k] = empty
             out.append(d)
         return out
 

@@ -33,6 +33,11 @@ from .symmetry import Symmetry
 from .target import Target
 
 
+class CheckpointError(Exception):
+    """``checkpoint.pt`` cannot be used: unreadable, truncated, not a sesamo-bench checkpoint or
+    holding something other than tensors and plain values (it is never unpickled as objects)."""
+
+
 class Interrupted(Exception):
     """Raised by :func:`train` when ``should_stop`` asks it to stop; a checkpoint was written."""
 
@@ -100,6 +105,61 @@ def check_exact(sym, target: Target, *, n: int = 64, dtype=torch.float64, seed: 
         )
 
 
+def memory_limit() -> int:
+    """Bytes this process can use at most: physical memory, or the cgroup's limit when lower."""
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        limit = 1 << 40
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < limit:
+            limit = int(text)
+    return limit
+
+
+def estimate_bytes(cfg: RunConfig, shape: tuple[int, ...]) -> int:
+    r"""A generous estimate of the memory one run needs, from its sizes alone (nothing is allocated):
+    parameters with gradients and Adam moments, the activations of one training batch kept for the
+    backward pass, one evaluation chunk, the log-weights of the largest evaluation and the saved
+    samples, at 8 bytes a number, plus ~4 KiB of Python objects per layer."""
+    dim = math.prod(int(n) for n in shape) if shape else 1
+    w, h, c = cfg.width, cfg.hidden_layers, cfg.couplings
+    per_mlp = (dim * w + (h - 1) * w * w + w * 2 * dim) if h > 0 else 2 * dim * dim
+    params = c * (per_mlp + 2 * dim)
+    per_sample = c * (h * w + 6 * dim) + 4 * dim  # activations of one sample through the flow
+    train = 3 * cfg.batch_size * per_sample
+    evaluation = min(16384, max(cfg.eval_samples, cfg.final_samples)) * per_sample
+    weights = 4 * max(cfg.eval_samples, cfg.final_samples) + 2 * min(cfg.save_samples, cfg.final_samples) * dim
+    return 8 * (4 * params + train + evaluation + weights) + 4096 * c * (h + 3)
+
+
+def check_size(cfg: RunConfig, target: Target) -> None:
+    """Refuse (:class:`ConfigError`, one line) a run whose sizes cannot fit in this machine's memory."""
+    need, have = estimate_bytes(cfg, tuple(target.shape)), memory_limit()
+    if need > have:
+        sizes = (f"width={cfg.width}, hidden_layers={cfg.hidden_layers}, couplings={cfg.couplings}, "
+                 f"batch_size={cfg.batch_size}, eval_samples={cfg.eval_samples}, final_samples={cfg.final_samples}, "
+                 f"save_samples={cfg.save_samples}, field shape {tuple(target.shape)}")
+        raise ConfigError(f"{cfg.target}/{cfg.method}: the run would need about {need / 2**30:.3g} GiB of memory "
+                          f"({sizes}), more than the {have / 2**30:.3g} GiB of this machine; reduce these sizes")
+
+
+def check_finite_action(target: Target, *, n: int = 16, seed: int = 4321) -> None:
+    """The action must be finite on standard-normal fields (a parameter like u=1e308 overflows it)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *target.shape, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        f = target.action(x)
+    if not bool(torch.isfinite(f).all()):
+        params = ", ".join(f"{k}={v}" for k, v in target.params().items())
+        raise ConfigError(f"target '{target.name}': its action is not finite on standard-normal fields "
+                          f"with {params} (a parameter is too large or too small)")
+
+
 def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
     r"""The method ``cfg.method`` for ``target`` (with the bound symmetry ``sym``), from the
     architecture, prior, device and dtypes of ``cfg``. Draws its initial weights from torch's global
@@ -126,6 +186,7 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
 def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
     """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
     target = build_target(cfg)
+    check_size(cfg, target)
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
     sym = None
@@ -138,6 +199,10 @@ def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
 # ---------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------
+class EvaluationStopped(Exception):
+    """:func:`evaluate` saw ``should_stop`` return True between two chunks."""
+
+
 @dataclass
 class Evaluation:
     ess: float
@@ -150,13 +215,20 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep: int = 0) -> Evaluation:
-    """ESS and ln Z from ``n`` fresh samples, with the exact density; ``keep`` samples returned."""
+def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep: int = 0,
+             should_stop: Callable[[], bool] | None = None) -> Evaluation:
+    """ESS and ln Z from ``n`` fresh samples, with the exact density; ``keep`` samples returned.
+
+    ``should_stop`` is polled before every chunk; when it returns True :class:`EvaluationStopped`
+    is raised (the caller writes its checkpoint and stops)."""
     was = model.training
     model.eval()
     lw, lw_path, outside, xs = [], [], 0, []
     done = 0
     while done < n:
+        if should_stop is not None and should_stop():
+            model.train(was)
+            raise EvaluationStopped()
         m = min(chunk, n - done)
         s = model.sample(m)
         lp = target.log_prob(s.x)
@@ -288,10 +360,75 @@ def _seed_all(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def plain(value: Any) -> Any:
+    """``value`` as what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists, tuples,
+    numbers, strings, booleans and None (numpy arrays become tensors, numpy scalars numbers)."""
+    import numpy as np
+
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value) if type(value) in (list, tuple) else [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
+
+
+#: keys every checkpoint holds, and their types
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "opt": dict, "sched": dict, "losses": list, "history": list, "step": int,
+    "wall_s": (int, float), "rng": Tensor, "config": dict,
+}
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    r"""Read ``checkpoint.pt`` safely: ``torch.load(weights_only=True)`` (tensors and plain values
+    only: a pickled object is refused, never run), then the keys and their types are checked.
+
+    Raises:
+        CheckpointError: the file is empty, truncated, damaged, not a checkpoint or holds objects.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {path} is empty")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read it makes it unusable
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint (bad or missing '{key}')")
+    if state["step"] < 0 or not all(isinstance(r, dict) for r in state["history"]):
+        raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint (bad 'step' or 'history')")
+    return state
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from .errors import StoreError
+
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(plain(state), tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # disk full, read-only (torch's writer raises RuntimeError)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [""])[0]
+        raise StoreError(f"cannot write {path}: {reason}") from None
 
 
 @dataclass
@@ -323,17 +460,18 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
         callbacks: called with each history row (``step``, ``loss``, ``ess``, ``log_z``, ``lr``,
             ``wall_s``, ``breaking_ratio`` where defined), every ``eval_every`` steps.
         progress: called after every step with ``(step, loss)``.
-        should_stop: polled every step; when it returns True a checkpoint is written and
-            :class:`Interrupted` is raised.
+        should_stop: polled every step and between evaluation chunks; when it returns True a
+            checkpoint is written and :class:`Interrupted` is raised.
         checkpoint: file for the training state (written every ``checkpoint_every`` steps, on
             interruption and at the end); ``None`` disables checkpoints.
-        state: a checkpoint's contents to continue from.
+        state: a checkpoint's contents (:func:`load_checkpoint`) to continue from.
 
     Returns:
         A :class:`Fit`.
 
     Raises:
         DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
+        CheckpointError: ``state`` does not fit the model.
     """
     cfg = settings
     device = next(model.parameters()).device
@@ -341,13 +479,18 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
     history: list[dict[str, float]] = []
     start_step, wall_before = 0, 0.0
     if state is not None:
-        model.load_state_dict(state["model"])
-        trainer.load_state_dict(state)
+        try:
+            model.load_state_dict(state["model"])
+            trainer.load_state_dict(state)
+            torch.set_rng_state(state["rng"].cpu())
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except Exception as exc:  # noqa: BLE001 - shapes or keys of another model, a damaged state
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            where = f"checkpoint {checkpoint}" if checkpoint is not None else "the checkpoint"
+            raise CheckpointError(f"{where} does not fit this run ({type(exc).__name__}: {first})") from None
         history = state["history"]
-        start_step, wall_before = state["step"], state["wall_s"]
-        torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start_step, wall_before = state["step"], float(state["wall_s"])
 
     def snapshot(step: int, wall: float) -> dict[str, Any]:
         return {"model": model.state_dict(), **trainer.state_dict(), "history": history, "step": step,
@@ -357,6 +500,12 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
 
     t0 = time.perf_counter() - wall_before
     step = start_step
+    saved = [start_step]  # step of the latest checkpoint written
+
+    def save(step: int) -> None:
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+            saved[0] = step
     for step in range(start_step + 1, cfg.steps + 1):
         lv = trainer.step(step)
         if progress is not None:
@@ -365,7 +514,12 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
             for p in model.parameters():
                 if not bool(torch.isfinite(p).all()):
                     raise DivergedError(step, "weights")
-            ev = evaluate(model, target, cfg.eval_samples)
+            try:
+                ev = evaluate(model, target, cfg.eval_samples, should_stop=should_stop)
+            except EvaluationStopped:
+                # the model has moved past the last checkpoint and the evaluation drew part of its
+                # samples: stop at that checkpoint, which resumes to the same numbers
+                raise Interrupted(saved[0]) from None
             if not math.isfinite(ev.ess):
                 raise DivergedError(step, "log-weights")
             row = {"step": step, "loss": lv, "ess": ev.ess, "log_z": ev.log_z, "lr": trainer.lr,
@@ -376,11 +530,10 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
             history.append(row)
             for callback in callbacks:
                 callback(row)
-        if checkpoint is not None and step % cfg.checkpoint_every == 0:
-            _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+        if step % cfg.checkpoint_every == 0:
+            save(step)
         if should_stop is not None and should_stop():
-            if checkpoint is not None:
-                _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+            save(step)
             raise Interrupted(step)
     train_wall = time.perf_counter() - t0
     if checkpoint is not None:
@@ -407,6 +560,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
 
     Raises:
         DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
+        CheckpointError: the checkpoint cannot be loaded or does not fit the run.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -416,14 +570,18 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         kernels.keep_freed_memory()
     state = None
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, map_location=device)
     done = fit(model, target, cfg, callbacks=[callback] if callback is not None else [], progress=progress,
                should_stop=should_stop, checkpoint=checkpoint, state=state)
-    ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples)
+    step = done.steps
+    try:
+        ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples, should_stop=should_stop)
+    except EvaluationStopped:
+        raise Interrupted(step) from None  # the checkpoint of the last step was just written
     if not math.isfinite(ev.ess):
-        raise DivergedError(done.steps, "log-weights")
+        raise DivergedError(step, "log-weights")
     return Result(
-        config=cfg, status="finished", steps=done.steps, wall_s=done.wall_s,
+        config=cfg, status="finished", steps=step, wall_s=done.wall_s,
         ess=ev.ess, log_z=ev.log_z, log_z_err=ev.log_z_err, ess_path=ev.ess_path, outside_cell=ev.outside_cell,
         breaking_ratio=model.breaking_ratio(),
         breaking_ratio_exact=target.breaking_ratio(),

@@ -75,11 +75,15 @@ def _build() -> Path:
         raise RuntimeError(f"C compiler {cc!r} does not run: {e}") from None
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *FLAGS, platform.machine(),
                                     _cpu_identity()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"mlp-{key}.so"
-    if target.exists():
+    folder = cache_dir()
+    target = folder / f"mlp-{key}.so"
+    if target.exists() and _verified(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: atomic
+    folder.mkdir(parents=True, exist_ok=True)
+    if _unsafe(folder):  # others could plant a library there: build into a private folder instead
+        folder = Path(tempfile.mkdtemp(prefix="sesamo-bench-native-"))
+        target = folder / target.name
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)  # built aside, then renamed: atomic
     os.close(fd)
     try:
         done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
@@ -87,11 +91,46 @@ def _build() -> Path:
             lines = done.stderr.strip().splitlines() or ["(no message)"]
             first = next((ln for ln in lines if "error" in ln), lines[-1])
             raise RuntimeError(f"{cc} failed to build {SOURCE.name}: {first.strip()}")
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        sums = _sums(target)
+        with open(f"{sums}.tmp{os.getpid()}", "w") as fh:
+            fh.write(digest + "\n")
+        os.replace(f"{sums}.tmp{os.getpid()}", sums)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _sums(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _unsafe(path: Path) -> str | None:
+    """Why ``path`` may hold what another user wrote (None if only we, or root, can write it)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return str(exc)
+    if st.st_uid not in (os.getuid(), 0):
+        return f"{path} is owned by uid {st.st_uid}"
+    if st.st_mode & 0o002:  # (group-writable is the norm with per-user groups, umask 002)
+        return f"{path} is writable by every user"
+    return None
+
+
+def _verified(lib: Path) -> bool:
+    """A cached library is loaded only if it and its folder are ours alone and its bytes match the
+    sha256 recorded when it was built (a damaged or planted file is rebuilt instead)."""
+    sums = _sums(lib)
+    if _unsafe(lib.parent) or _unsafe(lib) or _unsafe(sums):
+        return False
+    try:
+        expected = sums.read_text().strip()
+        return hashlib.sha256(lib.read_bytes()).hexdigest() == expected
+    except OSError:
+        return False
 
 
 def _load(path: Path) -> ctypes.CDLL:
