@@ -30,7 +30,10 @@ else:  # pragma: no cover
 
 #: keys of each object of ``run --json`` (a contract) and of the fallback table
 JSON_FIELDS = ("run_id", "benchmark", "target", "method", "seed", "params", "status", "steps", "wall_s", "ess",
-               "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error")
+               "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error",
+               # added later (from the run's metrics): see docs of sesamo_bench.train.EXTRA_METRICS
+               "ess_n", "log_z_err_reliable", "breaking_ratio_is", "breaking_ratio_is_err", "breaking_ratio_exact_err",
+               "support_missing", "support_missing_err")
 LIST_WHAT = ("targets", "symmetries", "methods", "benchmarks", "presets")
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
 
@@ -379,7 +382,8 @@ def run_summary(rec: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` object of one run (NaN/Inf as null)."""
     from .store import clean
 
-    return clean({k: rec.get(k) for k in JSON_FIELDS})
+    metrics = rec.get("metrics") or {}
+    return clean({k: rec[k] if k in rec else metrics.get(k) for k in JSON_FIELDS})
 
 
 def render(records: list[dict[str, Any]], fmt: str, *, group_by_benchmark: bool = False) -> str:
