@@ -233,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(*, out: Path | None = None, log=lambda m: None, **kw: Any) -> Path:
     """:func:`generate` and write the record (atomically) to ``out`` (default: the package's data file)."""
-    torch.set_num_threads(1)
-    rec = generate(log=log, **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the summation order, and so every number, independent of the machine
+    try:
+        rec = generate(log=log, **kw)
+    finally:
+        torch.set_num_threads(threads)
     out = Path(out) if out is not None else data_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
