@@ -313,7 +313,7 @@ def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | 
     # the other parameters: one family of curves per combination
     families = _by(({**r, "rest": params_key({k: v for k, v in (r.get("params") or {}).items() if k != key})}
                     for r in fin), "rest")
-    fig, (ax_e, ax_r) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
+    fig, (ax_e, ax_r, ax_d) = plt.subplots(1, 3, figsize=(16.0, 4.4), layout="constrained")
     for (rest_key,), fam in sorted(families.items()):
         rest = json.loads(rest_key)
         rest_shown = shown_params(target, rest, (json.loads(k) for (k,) in families))
@@ -342,17 +342,25 @@ def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | 
             color, dx = _color(method, i), 0.004 * i * (xs_all[-1] - xs_all[0])
             style = dict(color=color, marker="o", ms=5, capsize=3, lw=1, ls="none")
             _errorbar(ax_e, [x + dx for x in xs], ess, label=f"{_label(method)}{suffix}", **style)
+            ex = dict(exact)
             if any(_finite(r.get("breaking_ratio")) for r in rs):
                 _errorbar(ax_r, [x + dx for x in xs], br, label=f"{_label(method)}: learned R{suffix}", **style)
+                _errorbar(ax_d, [x + dx for x in xs], _minus(br, xs, ex), label=f"{_label(method)}: learned R{suffix}",
+                          **style)
             # the importance-weighted R of the samples; error bars suppressed where ESS x N < 100
             ris = [_is_stats([(r.get("metrics") or {}) for r in pts[(x,)]]) for x in xs]
             if any(m is not None for m, _ in ris):
-                _errorbar(ax_r, [x + 2 * dx + 0.002 * (xs_all[-1] - xs_all[0]) for x in xs], ris,
-                          label=f"{_label(method)}: R IS{suffix}", **{**style, "marker": "s", "mfc": "none"})
+                shifted = [x + 2 * dx + 0.002 * (xs_all[-1] - xs_all[0]) for x in xs]
+                is_style = {**style, "marker": "s", "mfc": "none"}
+                _errorbar(ax_r, shifted, ris, label=f"{_label(method)}: R IS{suffix}", **is_style)
+                _errorbar(ax_d, shifted, _minus(ris, xs, ex), label=f"{_label(method)}: R IS{suffix}", **is_style)
     ax_e.set_ylabel("ESS")
     ax_e.set_ylim(-0.02, 1.02)
     ax_r.set_ylabel("breaking ratio R")
-    for ax in (ax_e, ax_r):
+    ax_d.axhline(0.0, color="black", lw=1)
+    ax_d.set_ylabel("R - R exact" + (" (reference)" if "HMC" in " ".join(ax_r.get_legend_handles_labels()[1])
+                                     else ""))
+    for ax in (ax_e, ax_r, ax_d):
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -360,6 +368,12 @@ def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | 
     fig.suptitle(f"{target}: ESS and breaking ratio against {key} (mean $\\pm$ std over seeds; "
                  "R IS: importance-weighted, no error bar where ESS x N < 100)")
     return _save(fig, out_dir / f"breaking_{_slug(target)}_{_slug(key)}.png")
+
+
+def _minus(stats: list[tuple[float | None, float | None]], xs: list[float],
+           exact: dict[float, float]) -> list[tuple[float | None, float | None]]:
+    """``stats`` minus the exact value at each x (``None`` where there is none)."""
+    return [(m - exact[x], e) if m is not None and x in exact else (None, None) for (m, e), x in zip(stats, xs)]
 
 
 def _is_stats(ms: list[dict[str, Any]]) -> tuple[float | None, float | None]:

@@ -283,6 +283,13 @@ def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_c
                 "-" if g["wall_s_mean"] is None else f"{g['wall_s_mean']:.1f}",
                 _failures(g)]
         rows.append(row)
+    # the columns added later stay out of tables of runs recorded without them
+    for name in ("R IS", "no support"):
+        i = headers.index(name)
+        if all(r[i] in ("-", "") for r in rows):
+            headers.pop(i)
+            for r in rows:
+                r.pop(i)
     return headers, rows
 
 
@@ -332,7 +339,8 @@ def _table(headers: list[str], rows: list[list[str]], fmt: str, *, title: str | 
                 t.columns[i].justify = "right"
         for row in rows:
             t.add_row(*row)
-        console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+        # the table takes the width it needs (never squeezed or truncated); only the caption wraps at width
+        console = Console(file=io.StringIO(), width=max(width, 400), color_system=None, force_terminal=False)
         console.print(t)
         lines = [line.rstrip() for line in console.file.getvalue().splitlines()]
         return "\n".join(lines).strip("\n")
