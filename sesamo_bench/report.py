@@ -273,7 +273,8 @@ def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_c
         ratio = format_err(g["breaking_ratio_mean"], g["breaking_ratio_std"])
         ratio_is = _flagged(g.get("breaking_ratio_is_mean"), _spread(g, "breaking_ratio_is"), flagged)
         exact_r = (format_err(g["breaking_ratio_exact"], g["breaking_ratio_exact_err"])
-                   if _finite(g.get("breaking_ratio_exact_err")) else _exact_like(g["breaking_ratio_exact"], ratio))
+                   if _finite(g.get("breaking_ratio_exact_err"))
+                   else _exact_like(g["breaking_ratio_exact"], ratio if ratio != "-" else ratio_is.rstrip("*")))
         missing = g.get("support_missing_mean")
         missing = "0" if missing == 0 else format_err(missing, _spread(g, "support_missing"))
         row += [str(g["n_finished"]),
