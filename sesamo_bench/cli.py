@@ -30,7 +30,10 @@ else:  # pragma: no cover
 
 #: keys of each object of ``run --json`` (a contract) and of the fallback table
 JSON_FIELDS = ("run_id", "benchmark", "target", "method", "seed", "params", "status", "steps", "wall_s", "ess",
-               "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error")
+               "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error",
+               # added later (from the run's metrics): see docs of sesamo_bench.train.EXTRA_METRICS
+               "ess_n", "log_z_err_reliable", "breaking_ratio_is", "breaking_ratio_is_err", "breaking_ratio_exact_err",
+               "support_missing", "support_missing_err")
 #: most worker processes ``run --workers`` accepts
 MAX_WORKERS = 4096
 #: largest batch ``perf --batches`` accepts
@@ -392,7 +395,8 @@ def run_summary(rec: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` object of one run (NaN/Inf as null)."""
     from .store import clean
 
-    return clean({k: rec.get(k) for k in JSON_FIELDS})
+    metrics = rec.get("metrics") or {}
+    return clean({k: rec[k] if k in rec else metrics.get(k) for k in JSON_FIELDS})
 
 
 def render(records: list[dict[str, Any]], fmt: str, *, group_by_benchmark: bool = False) -> str:
@@ -662,6 +666,29 @@ def perf_cmd(
     typer.echo(render(res))
     if out is not None:
         out.write_text(json.dumps(res, indent=1))
+
+
+REFERENCES = ("phi4-real",)
+
+
+@app.command("reference")
+def reference_cmd(
+    what: str = typer.Argument(..., help="the reference to regenerate: phi4-real"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the file shipped with the "
+                                       "package, sesamo_bench/data/phi4_real_breaking_ratio.json)"),
+    chains: int = typer.Option(256, "--chains", min=1, help="independent HMC chains"),
+    samples: int = typer.Option(8000, "--samples", min=2, help="recorded trajectories per chain"),
+    burn_in: int = typer.Option(400, "--burn-in", min=0, help="trajectories before recording"),
+    seed: int = typer.Option(20261201, "--seed", help="seed of the chains' random stream"),
+) -> None:
+    """Regenerate an exact reference by Monte Carlo (phi4-real: the breaking ratio R(alpha), a few CPU minutes)."""
+    if what not in REFERENCES:
+        raise ConfigError(f"reference: unknown reference {what!r}. Available: {', '.join(REFERENCES)}")
+    from .phi4_reference import write
+
+    path = write(out=out, chains=chains, samples=samples, burn_in=burn_in, seed=seed,
+                 log=lambda m: typer.echo(f"... {m}", err=True))
+    typer.echo(str(path))
 
 
 def main(argv: list[str] | None = None) -> None:

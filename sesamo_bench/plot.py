@@ -287,6 +287,23 @@ def _exact_curve(target: str, rest: dict[str, Any], key: str, lo: float, hi: flo
     return (vs, out) if np.isfinite(out).sum() >= 2 else None
 
 
+def _approx_curve(target: str, rest: dict[str, Any], key: str, lo: float, hi: float,
+                  n: int = 60) -> tuple[np.ndarray, np.ndarray] | None:
+    """The target's ``breaking_ratio_approximation`` (phi4-real: the paper's Eq. 56) along ``key``."""
+    vs = np.linspace(lo, hi, n)
+    out = []
+    for v in vs:
+        t = _target(target, {**rest, key: float(v)})
+        f = getattr(t, "breaking_ratio_approximation", None)
+        try:
+            r = f() if f is not None else None
+        except Exception:
+            r = None
+        out.append(r if _finite(r) else np.nan)
+    out = np.array(out, dtype=float)
+    return (vs, out) if np.isfinite(out).sum() >= 2 else None
+
+
 def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | None:
     fin = [r for r in runs if r.get("status") == "finished"]
     key = swept_key([r.get("params") or {} for r in fin])
@@ -296,7 +313,7 @@ def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | 
     # the other parameters: one family of curves per combination
     families = _by(({**r, "rest": params_key({k: v for k, v in (r.get("params") or {}).items() if k != key})}
                     for r in fin), "rest")
-    fig, (ax_e, ax_r) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
+    fig, (ax_e, ax_r, ax_d) = plt.subplots(1, 3, figsize=(16.0, 4.4), layout="constrained")
     for (rest_key,), fam in sorted(families.items()):
         rest = json.loads(rest_key)
         rest_shown = shown_params(target, rest, (json.loads(k) for (k,) in families))
@@ -306,12 +323,17 @@ def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | 
         exact = sorted({float(r["params"][key]): float(r["breaking_ratio_exact"])
                         for r in fam if _finite(r.get("breaking_ratio_exact"))}.items())
         smooth = _exact_curve(target, rest, key, xs_all[0], xs_all[-1]) if len(xs_all) > 1 else None
+        mc = any(_finite((r.get("metrics") or {}).get("breaking_ratio_exact_err")) for r in fam)
+        ref_label = f"{'reference (HMC, reweighted)' if mc else 'exact'}{suffix}"
         if smooth is not None:
-            ax_r.plot(*smooth, color="black", lw=1.5, label=f"exact{suffix}")
+            ax_r.plot(*smooth, color="black", lw=1.5, label=ref_label)
             if exact:
                 ax_r.plot(*zip(*exact), "kx", ms=6, zorder=3)
         elif exact:
-            ax_r.plot(*zip(*exact), "k-", marker=".", lw=1.5, label=f"exact{suffix}")
+            ax_r.plot(*zip(*exact), "k-", marker=".", lw=1.5, label=ref_label)
+        approx = _approx_curve(target, rest, key, xs_all[0], xs_all[-1]) if len(xs_all) > 1 else None
+        if approx is not None:
+            ax_r.plot(*approx, color="gray", lw=1.2, ls="--", label=f"the paper's approximation (Eq. 56){suffix}")
         for i, ((method,), rs) in enumerate(sorted(_by(fam, "method").items(), key=lambda kv: method_rank(kv[0][0]))):
             pts = _by(({**r, "x": float(r["params"][key])} for r in rs), "x")
             xs = sorted(x for (x,) in pts)
@@ -320,17 +342,51 @@ def _breaking(target: str, runs: list[dict[str, Any]], out_dir: Path) -> Path | 
             color, dx = _color(method, i), 0.004 * i * (xs_all[-1] - xs_all[0])
             style = dict(color=color, marker="o", ms=5, capsize=3, lw=1, ls="none")
             _errorbar(ax_e, [x + dx for x in xs], ess, label=f"{_label(method)}{suffix}", **style)
-            _errorbar(ax_r, [x + dx for x in xs], br, label=f"{_label(method)}{suffix}", **style)
+            ex = dict(exact)
+            if any(_finite(r.get("breaking_ratio")) for r in rs):
+                _errorbar(ax_r, [x + dx for x in xs], br, label=f"{_label(method)}: learned R{suffix}", **style)
+                _errorbar(ax_d, [x + dx for x in xs], _minus(br, xs, ex), label=f"{_label(method)}: learned R{suffix}",
+                          **style)
+            # the importance-weighted R of the samples; error bars suppressed where ESS x N < 100
+            ris = [_is_stats([(r.get("metrics") or {}) for r in pts[(x,)]]) for x in xs]
+            if any(m is not None for m, _ in ris):
+                shifted = [x + 2 * dx + 0.002 * (xs_all[-1] - xs_all[0]) for x in xs]
+                is_style = {**style, "marker": "s", "mfc": "none"}
+                _errorbar(ax_r, shifted, ris, label=f"{_label(method)}: R IS{suffix}", **is_style)
+                _errorbar(ax_d, shifted, _minus(ris, xs, ex), label=f"{_label(method)}: R IS{suffix}", **is_style)
     ax_e.set_ylabel("ESS")
     ax_e.set_ylim(-0.02, 1.02)
     ax_r.set_ylabel("breaking ratio R")
-    for ax in (ax_e, ax_r):
+    ax_d.axhline(0.0, color="black", lw=1)
+    ax_d.set_ylabel("R - R exact" + (" (reference)" if "HMC" in " ".join(ax_r.get_legend_handles_labels()[1])
+                                     else ""))
+    for ax in (ax_e, ax_r, ax_d):
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{target}: ESS and breaking ratio against {key} (mean $\\pm$ std over seeds)")
+    fig.suptitle(f"{target}: ESS and breaking ratio against {key} (mean $\\pm$ std over seeds; "
+                 "R IS: importance-weighted, no error bar where ESS x N < 100)")
     return _save(fig, out_dir / f"breaking_{_slug(target)}_{_slug(key)}.png")
+
+
+def _minus(stats: list[tuple[float | None, float | None]], xs: list[float],
+           exact: dict[float, float]) -> list[tuple[float | None, float | None]]:
+    """``stats`` minus the exact value at each x (``None`` where there is none)."""
+    return [(m - exact[x], e) if m is not None and x in exact else (None, None) for (m, e), x in zip(stats, xs)]
+
+
+def _is_stats(ms: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """Mean and spread (std over seeds, or one run's own error) of R IS; no spread when any seed
+    has too few effective samples (``log_z_err_reliable`` false)."""
+    m, sd = _mean_std([x.get("breaking_ratio_is") for x in ms])
+    if m is None:
+        return None, None
+    if any(x.get("log_z_err_reliable") is False for x in ms):
+        return m, None
+    if len(ms) == 1:
+        return m, ms[0].get("breaking_ratio_is_err")
+    return m, sd
 
 
 def _errorbar(ax: Any, xs: list[float], stats: list[tuple[float | None, float | None]], **kw: Any) -> None:

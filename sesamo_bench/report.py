@@ -23,6 +23,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .errors import UnknownNameError
+from .metrics import error_reliable
 
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
 STATUSES = ("finished", "failed", "diverged", "interrupted", "running")
@@ -31,7 +32,12 @@ METHOD_ORDER = ("realnvp", "canonicalization", "sesamo")
 METHOD_LABELS = {"realnvp": "RealNVP", "canonicalization": "Canonicalization", "sesamo": "SESaMo"}
 CAPTION = ("ESS, ln Z and R (breaking ratio, paper Eq. 39): mean(std) over the finished seeds, std = sample "
            "standard deviation (ddof=1) printed in the last digits; a single seed shows no uncertainty. "
-           "Only finished runs enter the means; failures counts failed/diverged/interrupted/running runs.")
+           "Only finished runs enter the means; failures counts failed/diverged/interrupted/running runs. "
+           "R: learned by the modulation; R IS: importance-weighted from the samples (one seed: with its "
+           "delta-method error); R exact: closed form, or for phi4-real the suite's HMC reference with its "
+           "error. no support: target mass where ln q = -inf, from reference samples of p (one seed: with its "
+           "binomial error). * after ln Z or R IS: ESS x N < 100 in a seed, too few effective samples for an "
+           "importance-sampling error (none shown; sesamo_bench.metrics.MIN_EFFECTIVE_SAMPLES).")
 EMPTY = "no runs in the store to report (train some first; nothing matched the selection)"
 
 
@@ -204,7 +210,12 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         ``n_finished, n_failed, n_diverged, n_interrupted, n_running``, ``ess_mean, ess_std,
         log_z_mean, log_z_std, breaking_ratio_mean, breaking_ratio_std`` (std: sample standard
         deviation over seeds, ddof=1, ``None`` for one seed), ``log_z_err_mean`` (mean of the
-        per-run statistical error), ``log_z_exact, breaking_ratio_exact`` (``None`` where unknown)
+        per-run statistical error), ``log_z_exact, breaking_ratio_exact`` (``None`` where unknown),
+        ``breaking_ratio_exact_err`` (the error of a Monte Carlo reference), ``breaking_ratio_is_mean,
+        breaking_ratio_is_std, breaking_ratio_is_err_mean`` (importance-weighted R),
+        ``support_missing_mean, support_missing_std, support_missing_err_mean`` (target mass without
+        support), ``ess_n_min`` (the smallest ESS x N of the seeds), ``log_z_err_reliable``
+        (``ess_n_min >= metrics.MIN_EFFECTIVE_SAMPLES``; ``None`` for runs recorded without it)
         and ``wall_s_mean``.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -223,11 +234,20 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in ("ess", "log_z", "breaking_ratio"):
             g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([r.get(name) for r in fin])
         g["log_z_err_mean"] = _mean_std([r.get("log_z_err") for r in fin])[0]
+        ms = [(r.get("metrics") or {}) for r in fin]
+        for name in ("breaking_ratio_is", "support_missing"):
+            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
+            g[f"{name}_err_mean"] = _mean_std([m.get(f"{name}_err") for m in ms])[0]
+        n_eff = [float(m["ess_n"]) for m in ms if _finite(m.get("ess_n"))]
+        g["ess_n_min"] = min(n_eff) if n_eff else None
+        g["log_z_err_reliable"] = None if not n_eff else bool(error_reliable(min(n_eff)))
         # exact references are properties of the target: take them from any run of the group
         g["log_z_exact"] = next((float(v) for r in rs if _finite(v := (r.get("metrics") or {}).get("log_z_exact"))),
                                 None)
         g["breaking_ratio_exact"] = next((float(r["breaking_ratio_exact"]) for r in rs
                                           if _finite(r.get("breaking_ratio_exact"))), None)
+        g["breaking_ratio_exact_err"] = next(
+            (float(v) for r in rs if _finite(v := (r.get("metrics") or {}).get("breaking_ratio_exact_err"))), None)
         g["wall_s_mean"] = _mean_std([r.get("wall_s") for r in fin])[0]
         out.append(g)
     return sorted(out, key=_group_sort)
@@ -242,22 +262,46 @@ def _failures(g: dict[str, Any]) -> str:
 def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_col: bool) -> tuple[list, list]:
     headers = (["benchmark"] if benchmark_col else []) + ["target", "method", "params"] + \
         (["preset"] if preset_col else []) + \
-        ["seeds", "ESS", "ln Z", "ln Z exact", "R", "R exact", "wall s", "failures"]
+        ["seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "wall s", "failures"]
     rows = []
     for g in groups:
         shown = shown_params(g["target"], g["params"], (h["params"] for h in groups if h["target"] == g["target"]))
         row = ([g["benchmark"] or "-"] if benchmark_col else []) + [g["target"], g["method"], params_label(shown)]
         row += [g["preset"] or "-"] if preset_col else []
-        log_z = format_err(g["log_z_mean"], g["log_z_std"])
+        flagged = g.get("log_z_err_reliable") is False
+        log_z = _flagged(g["log_z_mean"], g["log_z_std"], flagged)
         ratio = format_err(g["breaking_ratio_mean"], g["breaking_ratio_std"])
+        ratio_is = _flagged(g.get("breaking_ratio_is_mean"), _spread(g, "breaking_ratio_is"), flagged)
+        exact_r = (format_err(g["breaking_ratio_exact"], g["breaking_ratio_exact_err"])
+                   if _finite(g.get("breaking_ratio_exact_err"))
+                   else _exact_like(g["breaking_ratio_exact"], ratio if ratio != "-" else ratio_is.rstrip("*")))
+        missing = g.get("support_missing_mean")
+        missing = "0" if missing == 0 else format_err(missing, _spread(g, "support_missing"))
         row += [str(g["n_finished"]),
                 format_err(g["ess_mean"], g["ess_std"]),
-                log_z, _exact_like(g["log_z_exact"], log_z),
-                ratio, _exact_like(g["breaking_ratio_exact"], ratio),
+                log_z, _exact_like(g["log_z_exact"], log_z.rstrip("*")),
+                ratio, ratio_is, exact_r, missing,
                 "-" if g["wall_s_mean"] is None else f"{g['wall_s_mean']:.1f}",
                 _failures(g)]
         rows.append(row)
+    # the columns added later stay out of tables of runs recorded without them
+    for name in ("R IS", "no support"):
+        i = headers.index(name)
+        if all(r[i] in ("-", "") for r in rows):
+            headers.pop(i)
+            for r in rows:
+                r.pop(i)
     return headers, rows
+
+
+def _spread(g: dict[str, Any], name: str) -> float | None:
+    """The std over seeds, or for a single seed the run's own statistical error."""
+    return g.get(f"{name}_std") if len(g["seeds"]) > 1 else g.get(f"{name}_err_mean")
+
+
+def _flagged(mean: float | None, err: float | None, flagged: bool) -> str:
+    """An importance-sampling estimate: without its error and with ``*`` when ESS x N is too small."""
+    return format_err(mean, None) + "*" if flagged and _finite(mean) else format_err(mean, err)
 
 
 def _raw(g: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +312,11 @@ def _raw(g: dict[str, Any]) -> dict[str, Any]:
 def _csv(groups: list[dict[str, Any]]) -> str:
     fields = ["benchmark", "target", "method", "params", "preset", "seeds", "n_runs", *(f"n_{s}" for s in STATUSES),
               "ess_mean", "ess_std", "log_z_mean", "log_z_std", "log_z_err_mean", "log_z_exact",
-              "breaking_ratio_mean", "breaking_ratio_std", "breaking_ratio_exact", "wall_s_mean"]
+              "breaking_ratio_mean", "breaking_ratio_std", "breaking_ratio_exact", "wall_s_mean",
+              "breaking_ratio_is_mean", "breaking_ratio_is_std", "breaking_ratio_is_err_mean",
+              "breaking_ratio_exact_err",
+              "support_missing_mean", "support_missing_std", "support_missing_err_mean", "ess_n_min",
+              "log_z_err_reliable"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -288,11 +336,12 @@ def _table(headers: list[str], rows: list[list[str]], fmt: str, *, title: str | 
 
         t = Table(*headers, title=title, box=box.SIMPLE_HEAD, title_justify="left")
         for i, h in enumerate(headers):
-            if h in ("seeds", "ESS", "ln Z", "ln Z exact", "R", "R exact", "wall s"):
+            if h in ("seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "wall s"):
                 t.columns[i].justify = "right"
         for row in rows:
             t.add_row(*row)
-        console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+        # the table takes the width it needs (never squeezed or truncated); only the caption wraps at width
+        console = Console(file=io.StringIO(), width=max(width, 400), color_system=None, force_terminal=False)
         console.print(t)
         lines = [line.rstrip() for line in console.file.getvalue().splitlines()]
         return "\n".join(lines).strip("\n")

@@ -220,6 +220,12 @@ class Symmetry(nn.Module):
         """The learned breaking ratio R of paper Eq. (39), where the symmetry defines one."""
         return None
 
+    def breaking_sign(self, x: Tensor) -> Tensor | None:
+        """+1 (-1) for configurations ``(N, *shape)`` in a cell that Eq. (39) counts as unbroken
+        (broken), ``(N,)``; ``None`` where the symmetry defines no breaking ratio. The
+        importance-weighted R of the samples is the weighted mean of this sign."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         from .registry import parameters
 

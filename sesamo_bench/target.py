@@ -78,6 +78,21 @@ class Target:
         """Exact probability of each group element's cell, ordered as the symmetry's elements."""
         return None
 
+    def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor | None:
+        r"""``n`` samples of p for metrics that need them (the mass where a model has no support).
+
+        Exact draws where the target can make them, else the suite's HMC
+        (:mod:`sesamo_bench.hmc`); ``None`` where the target offers neither.
+
+        Arguments:
+            n: number of samples.
+            generator: the random stream (the training run's own RNG is left untouched).
+
+        Returns:
+            float64 configurations ``(n, *shape)``, or ``None``.
+        """
+        return None
+
     # -- helpers --------------------------------------------------------------------------------
     @property
     def dim(self) -> int:

@@ -212,18 +212,26 @@ class Evaluation:
     outside_cell: float
     x: Tensor | None = None
     log_w: Tensor | None = None
+    #: ESS x N, and whether it is large enough for ``log_z_err`` (metrics.MIN_EFFECTIVE_SAMPLES)
+    ess_n: float | None = None
+    log_z_err_reliable: bool | None = None
+    #: importance-weighted breaking ratio of the samples and its error (where ``sign_fn`` is given)
+    breaking_ratio_is: float | None = None
+    breaking_ratio_is_err: float | None = None
 
 
 @torch.no_grad()
 def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep: int = 0,
-             should_stop: Callable[[], bool] | None = None) -> Evaluation:
+             should_stop: Callable[[], bool] | None = None,
+             sign_fn: Callable[[Tensor], Tensor | None] | None = None) -> Evaluation:
     """ESS and ln Z from ``n`` fresh samples, with the exact density; ``keep`` samples returned.
 
     ``should_stop`` is polled before every chunk; when it returns True :class:`EvaluationStopped`
-    is raised (the caller writes its checkpoint and stops)."""
+    is raised (the caller writes its checkpoint and stops). ``sign_fn`` (a symmetry's
+    ``breaking_sign``) adds the importance-weighted breaking ratio."""
     was = model.training
     model.eval()
-    lw, lw_path, outside, xs = [], [], 0, []
+    lw, lw_path, outside, xs, signs = [], [], 0, [], []
     done = 0
     while done < n:
         if should_stop is not None and should_stop():
@@ -236,6 +244,8 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
         lw_path.append(log_weights(lp, s.log_q).double())
         if s.cell is not None:
             outside += int((model.symmetry.penalty_fn(s.cell) > 0).sum())
+        if sign_fn is not None and (sg := sign_fn(s.x)) is not None:
+            signs.append(sg.cpu())
         if len(xs) * chunk < keep:
             xs.append(s.x.detach())
         done += m
@@ -243,8 +253,49 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
     log_w = torch.cat(lw).cpu()
     lz, lz_err = metrics.log_z(log_w)
     x = torch.cat(xs)[:keep].cpu() if keep else None
+    n_eff = metrics.effective_samples(log_w)
+    r_is = metrics.weighted_breaking_ratio(log_w, torch.cat(signs)) if signs else (None, None)
     return Evaluation(metrics.ess(log_w), lz, lz_err, metrics.ess(torch.cat(lw_path).cpu()), outside / n,
-                      x, log_w[:keep] if keep else None)
+                      x, log_w[:keep] if keep else None, n_eff, metrics.error_reliable(n_eff), *r_is)
+
+
+@torch.no_grad()
+def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16384) -> dict[str, Any]:
+    r"""The target mass where the model has no support (ln q = -inf), from ``n`` reference samples of p.
+
+    The samples come from :meth:`Target.reference_samples` (exact draws or the suite's HMC) with
+    their own generator, so the run's random stream is untouched. Returns the metrics
+    ``support_missing``, ``support_missing_err`` (binomial), ``support_missing_count`` and
+    ``support_reference_n``; all ``None`` where the target has no reference samples.
+    """
+    gen = torch.Generator().manual_seed(10007 * seed + 1)
+    ref = target.reference_samples(n, generator=gen)
+    if ref is None:
+        return dict.fromkeys(("support_missing", "support_missing_err", "support_missing_count",
+                              "support_reference_n"))
+    p = next(model.parameters())
+    was = model.training
+    model.eval()
+    lq = torch.cat([model.log_prob(ref[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu()
+                    for i in range(0, ref.shape[0], chunk)])
+    model.train(was)
+    mass, err, count = metrics.missing_support(lq)
+    return {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
+            "support_reference_n": int(ref.shape[0])}
+
+
+def breaking_sign_fn(cfg: RunConfig, model: Method, target: Target,
+                     device: torch.device) -> Callable[[Tensor], Tensor | None] | None:
+    """The breaking sign of the run's symmetry (the target's for ``realnvp``), or ``None`` without one."""
+    sym = model.symmetry
+    if sym is None:
+        try:
+            sym = build_symmetry(cfg, target).to(device)
+        except (ConfigError, IncompatibleError, TypeError, ValueError):
+            return None
+    if sym.breaking_sign(torch.zeros(1, *target.shape, device=device)) is None:
+        return None
+    return sym.breaking_sign
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +319,15 @@ class Result:
     probabilities: list[float] | None = None
     probabilities_exact: list[float] | None = None
     log_z_exact: float | None = None
+    ess_n: float | None = None
+    log_z_err_reliable: bool | None = None
+    breaking_ratio_is: float | None = None
+    breaking_ratio_is_err: float | None = None
+    breaking_ratio_exact_err: float | None = None
+    support_missing: float | None = None
+    support_missing_err: float | None = None
+    support_missing_count: int | None = None
+    support_reference_n: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     error: str | None = None
@@ -277,8 +337,14 @@ class Result:
 
     def metrics(self) -> dict[str, Any]:
         keys = ("ess", "log_z", "log_z_err", "ess_path", "outside_cell", "breaking_ratio",
-                "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact")
+                "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact", *EXTRA_METRICS)
         return {k: getattr(self, k) for k in keys}
+
+
+#: metrics added after the first release (also ``run --json`` fields)
+EXTRA_METRICS = ("ess_n", "log_z_err_reliable", "breaking_ratio_is", "breaking_ratio_is_err",
+                 "breaking_ratio_exact_err", "support_missing", "support_missing_err", "support_missing_count",
+                 "support_reference_n")
 
 
 def param_groups(model: Method, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -575,11 +641,14 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
                should_stop=should_stop, checkpoint=checkpoint, state=state)
     step = done.steps
     try:
-        ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples, should_stop=should_stop)
+        ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples, should_stop=should_stop,
+                      sign_fn=breaking_sign_fn(cfg, model, target, device))
     except EvaluationStopped:
         raise Interrupted(step) from None  # the checkpoint of the last step was just written
     if not math.isfinite(ev.ess):
         raise DivergedError(step, "log-weights")
+    sup = support(model, target, cfg.final_samples, seed=cfg.seed)
+    exact_err = getattr(target, "breaking_ratio_error", None)
     return Result(
         config=cfg, status="finished", steps=step, wall_s=done.wall_s,
         ess=ev.ess, log_z=ev.log_z, log_z_err=ev.log_z_err, ess_path=ev.ess_path, outside_cell=ev.outside_cell,
@@ -587,6 +656,9 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         breaking_ratio_exact=target.breaking_ratio(),
         probabilities=model.probabilities(),
         probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
-        log_z_exact=target.log_z(), device=str(device), dtype=str(dtype).replace("torch.", ""),
+        log_z_exact=target.log_z(), ess_n=ev.ess_n, log_z_err_reliable=ev.log_z_err_reliable,
+        breaking_ratio_is=ev.breaking_ratio_is, breaking_ratio_is_err=ev.breaking_ratio_is_err,
+        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup,
+        device=str(device), dtype=str(dtype).replace("torch.", ""),
         history=done.history, samples=ev.x, sample_log_w=ev.log_w,
     )

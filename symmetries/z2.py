@@ -65,3 +65,7 @@ class Z2(Symmetry):
         if not self.broken:
             return None
         return 1.0 - 2.0 * float(self.modulation.probabilities()[1])
+
+    def breaking_sign(self, x: Tensor) -> Tensor:
+        """+1 in the canonical cell (u = 0), -1 in its flipped copy (u = 1)."""
+        return 1 - 2 * self.canonicalize(x)[1]

@@ -99,3 +99,7 @@ class Z2xZ2(Symmetry):
         if not self.broken:
             return None
         return 1.0 - 2.0 * float(self.modulation.single.probabilities()[1])
+
+    def breaking_sign(self, x: Tensor) -> Tensor:
+        """+1 where the subset flip s is 0 (the cells u = 0, 1), -1 where it is 1 (u = 2, 3)."""
+        return 1 - 2 * (self.canonicalize(x)[1] // 2)

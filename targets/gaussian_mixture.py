@@ -105,6 +105,12 @@ class GaussianMixture(Target):
             return 0.0
         return float(self.b**2 + logsumexp(self._tilt()) - math.log(self.n))
 
+    def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
+        r"""Exact draws: mode k with its weight, then N(mu_k - b (1, 1), I) (the tilt shifts each Gaussian)."""
+        k = torch.multinomial(torch.as_tensor(softmax(self._tilt())), n, replacement=True, generator=generator)
+        mean = torch.as_tensor(self._mu)[k] - self.b
+        return mean + torch.randn(n, 2, dtype=torch.float64, generator=generator)
+
     def mode_probabilities(self) -> list[float]:
         r"""Weight of mode k, ordered k = 0..N-1 (= zm element u = k).
 

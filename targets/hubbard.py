@@ -51,6 +51,23 @@ def hopping_matrix(sites: int) -> np.ndarray:
     return a
 
 
+def mixture_terms(u_tilde: float, kappa_tilde: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""exp(-f) for 2 sites, nt = 1, as nine Gaussians N((U~ a_i, U~ b_i), U~ I): ``(ln weight, a, b)``.
+
+    4 h^2 = 2 (1 + c^2) + e^{x1+x2} + e^{-x1-x2} + 2c (e^{+-x1} + e^{+-x2}) + c^2 e^{+-(x1-x2)},
+    c = cosh(kappa~); each term w exp(a x1 + b x2) times exp(-|x|^2 / (2 U~)) is a Gaussian of mass
+    2 pi U~ w exp(U~ (a^2 + b^2) / 2) (the constant 2 pi U~ is dropped from the log weights).
+    """
+    c = math.cosh(kappa_tilde)
+    terms = [(2 * (1 + c * c), 0, 0), (1.0, 1, 1), (1.0, -1, -1),
+             (2 * c, 1, 0), (2 * c, -1, 0), (2 * c, 0, 1), (2 * c, 0, -1),
+             (c * c, 1, -1), (c * c, -1, 1)]
+    w = np.array([t[0] for t in terms])
+    a = np.array([t[1] for t in terms], dtype=float)
+    b = np.array([t[2] for t in terms], dtype=float)
+    return np.log(w) + 0.5 * u_tilde * (a * a + b * b), a, b
+
+
 @functools.lru_cache(maxsize=256)
 def quadrant_log_masses(u_tilde: float, kappa_tilde: float) -> tuple[float, float, float, float]:
     r"""ln of the mass of exp(-f) in the quadrants (+,+), (-,-), (-,+), (+,-) for 2 sites, nt = 1.
@@ -193,6 +210,22 @@ class Hubbard(Target):
             return None
         lm = np.array(quadrant_log_masses(self.u_tilde, self.kappa_tilde))
         return [float(p) for p in np.exp(lm - logsumexp(lm))]
+
+    def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor | None:
+        r"""Exact draws for 2 sites, nt = 1: exp(-f) = sum_i w_i exp(a_i x1 + b_i x2 - |x|^2 / (2 U~))
+        (the expansion of :func:`quadrant_log_masses`) is a mixture of nine Gaussians with means
+        U~ (a_i, b_i), variance U~ and weights w_i exp(U~ (a_i^2 + b_i^2) / 2). Otherwise HMC with
+        the exact global flip as a global move."""
+        from sesamo_bench.hmc import global_flip, sample_states
+
+        if not self._exact():
+            x0 = torch.randn(256, *self.shape, dtype=torch.float64, generator=generator) * math.sqrt(self.u_tilde)
+            return sample_states(self.action, x0, n, generator=generator, global_moves=[global_flip],
+                                 eps=0.3 * math.sqrt(self.u_tilde))
+        lw, a, b = mixture_terms(self.u_tilde, self.kappa_tilde)
+        comp = torch.multinomial(torch.softmax(torch.as_tensor(lw), 0), n, replacement=True, generator=generator)
+        mean = self.u_tilde * torch.stack([torch.as_tensor(a), torch.as_tensor(b)], -1)[comp]
+        return mean + math.sqrt(self.u_tilde) * torch.randn(n, 2, dtype=torch.float64, generator=generator)
 
     def breaking_ratio(self) -> float | None:
         p = self.mode_probabilities()

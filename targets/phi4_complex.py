@@ -73,6 +73,14 @@ class Phi4Complex(Target):
         f = -2 * self.kappa * hop + pot
         return f + self.alpha * re.sum((1, 2)) if self.alpha else f
 
+    def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
+        """HMC samples (float64) with a random global U(1) rotation as a Metropolis-tested global
+        move (always accepted at alpha = 0)."""
+        from sesamo_bench.hmc import random_phase, sample_states
+
+        x0 = torch.randn(256, *self.shape, dtype=torch.float64, generator=generator)
+        return sample_states(self.action, x0, n, generator=generator, global_moves=[random_phase], eps=0.2)
+
     def symmetry(self) -> tuple[str, dict[str, Any]]:
         return "u1", {"broken": self.alpha != 0}
 

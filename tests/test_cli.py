@@ -208,3 +208,26 @@ def test_cuda_without_cuda_is_clean(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_run_json_new_fields(tmp_path):
+    """Fields added after the contract: ESS x N with the ln Z error flag, R IS, the missing support."""
+    runs = run_json(tmp_path / "r.sqlite", "--target", "hubbard", "--methods", "canonicalization", "--seeds", "0")
+    r = runs[0]
+    assert r["ess_n"] == pytest.approx(r["ess"] * 512)
+    assert r["log_z_err_reliable"] is (r["ess_n"] >= 100)
+    assert -1 <= r["breaking_ratio_is"] <= 1 and r["breaking_ratio_is_err"] >= 0
+    assert 0 <= r["support_missing"] <= 1 and r["support_missing_err"] >= 0
+    assert r["breaking_ratio_exact_err"] is None  # a closed form
+
+
+def test_reference_command(tmp_path):
+    bad = invoke("reference", "hubbard")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: reference: unknown reference 'hubbard'")
+    out = tmp_path / "ref.json"
+    res = invoke("reference", "phi4-real", "--out", out, "--chains", "4", "--samples", "10", "--burn-in", "4")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(out.read_text())
+    assert rec["chain"]["chains"] == 4 and rec["chain"]["samples_per_chain"] == 10
+    assert "--chains 4 --samples 10 --burn-in 4" in rec["provenance"]["command"]
+    assert len(rec["R"]) == len(rec["alpha"]) == 81 and rec["R"][0] == 0.0
