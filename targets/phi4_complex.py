@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from sesamo_bench.lattice import free_field, free_moments, slice_correlator, two_point
+from sesamo_bench.lattice_physics import free_field, free_moments, slice_correlator, two_point
 from sesamo_bench.observables import flatten
 from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
@@ -89,7 +89,7 @@ class Phi4Complex(Target):
     def observables(self, x: Tensor) -> dict[str, Tensor]:
         r"""m = M/V (``m_re``, ``m_im``), |m|, |m|^2, cos and sin of arg M (their means measure the
         tilt of the phase distribution; 0 for exact U(1)), the action density, G(t) and C(x) with
-        Re(conj(a) b) products (:mod:`sesamo_bench.lattice`)."""
+        Re(conj(a) b) products (:mod:`sesamo_bench.lattice_physics`)."""
         v = self.dim // 2
         m_re, m_im = x[..., 0].sum((1, 2)) / v, x[..., 1].sum((1, 2)) / v
         r2 = m_re * m_re + m_im * m_im

@@ -19,7 +19,7 @@ from torch import Tensor
 import numpy as np
 
 from sesamo_bench.observables import flatten
-from sesamo_bench.lattice import folded_normal_mean, free_field, free_moments, slice_correlator, two_point
+from sesamo_bench.lattice_physics import folded_normal_mean, free_field, free_moments, slice_correlator, two_point
 from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
 #: the paper's fit of the magnetisation histogram at alpha = 0 (App. H.3): A, mu, sigma
@@ -113,7 +113,7 @@ class Phi4Real(Target):
     # -- observables ----------------------------------------------------------------------------
     def observables(self, x: Tensor) -> dict[str, Tensor]:
         r"""m = M/V, |m|, m^2, the action density f/V, the zero-momentum correlator G(t) ``(N, L1)``
-        and the two-point function C(x) ``(N, V)`` (:mod:`sesamo_bench.lattice`)."""
+        and the two-point function C(x) ``(N, V)`` (:mod:`sesamo_bench.lattice_physics`)."""
         m = x.sum((1, 2)) / self.dim
         return {"m": m, "abs_m": m.abs(), "m2": m * m, "action_density": self.action(x) / self.dim,
                 "G": slice_correlator(x), "C": two_point(x)}

@@ -1,7 +1,7 @@
 """Observables, their estimators (reweighting, neural MCMC, HMC) and `measure`/`hmc`, against exact values.
 
 The free field (lambda = 0) is Gaussian, so every phi^4 observable is known in closed form on a
-finite periodic lattice (sesamo_bench.lattice); the Hubbard observables come from 2-D quadrature
+finite periodic lattice (sesamo_bench.lattice_physics); the Hubbard observables come from 2-D quadrature
 of the closed-form weight.
 """
 
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from sesamo_bench import plugins
 from sesamo_bench.cli import app
-from sesamo_bench.lattice import free_field, slice_correlator, two_point
+from sesamo_bench.lattice_physics import free_field, slice_correlator, two_point
 from sesamo_bench.nmcmc import independence_metropolis
 from sesamo_bench.observables import from_chain, reweighted
 
