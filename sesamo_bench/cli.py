@@ -1,4 +1,5 @@
-r"""The ``sesamo-bench`` command line: ``list``, ``run``, ``status``, ``collect``, ``report``, ``plot``, ``show``.
+r"""The ``sesamo-bench`` command line: ``list``, ``run``, ``status``, ``collect``, ``report``, ``plot``, ``show``,
+``measure``, ``hmc``, ``perf``.
 
 Each command only parses its arguments and calls plain functions (:mod:`sesamo_bench.grid`,
 :mod:`sesamo_bench.runner`, :mod:`sesamo_bench.store`, :mod:`sesamo_bench.benchmarks`). Every
@@ -548,11 +549,22 @@ def report_cmd(
     fmt: str = typer.Option("terminal", "--format", help="terminal | markdown | csv | json | latex"),
     by_benchmark: bool = typer.Option(False, "--by-benchmark", help="one table per benchmark"),
     store: Optional[Path] = typer.Option(None, "--store"),
+    observables: Optional[str] = typer.Option(None, "--observables", help="the measured observables instead "
+                                              "('all' or a comma list; see `measure` and `hmc`)"),
 ) -> None:
     """Tables of every run in the store (ESS, ln Z, breaking ratio; counts of diverged/failed runs)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     runs = _open_store(store).runs(target=target, method=method, benchmark=benchmark)
+    if observables:
+        from .measure import observable_rows, render_observables
+
+        rows = observable_rows(runs, _names(observables))
+        if not rows:
+            raise ConfigError("no measured observables in the store (run `sesamo-bench measure RUN` or "
+                              "`sesamo-bench hmc --target T` first; nothing matched the selection)")
+        typer.echo(render_observables(rows, fmt))
+        return
     if not runs:
         typer.echo("no runs match", err=True)
         return
@@ -615,6 +627,100 @@ def show_text(rec: dict[str, Any]) -> str:
         for k, v in (rec.get(title) or {}).items():
             lines.append(f"  {k:<22} {v}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# measure, hmc
+# ---------------------------------------------------------------------------------------------
+def _names(observables: str | None) -> list[str] | None:
+    from .grid import parse_list
+
+    return None if not observables or observables == "all" else parse_list(observables, "--observables")
+
+
+def _count(value: int, option: str, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{option} must be an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _print_measurements(recs: list[dict[str, Any]], names: list[str] | None, json_out: bool) -> None:
+    from .measure import observable_rows, render_observables
+
+    rows = observable_rows(recs, names)
+    typer.echo(render_observables(rows, "json" if json_out else "terminal"))
+
+
+@app.command("measure")
+def measure_cmd(
+    run: str = typer.Argument(..., help="run id or a unique prefix of it (a finished run)"),
+    observables: Optional[str] = typer.Option(None, "--observables", help="comma list of the target's primary "
+                                              "observables, or 'all' (default: all, with the derived ones)"),
+    samples: int = typer.Option(65536, "--samples", help="fresh samples drawn from the trained flow"),
+    mcmc: bool = typer.Option(False, "--mcmc", help="also run neural MCMC (independence Metropolis) on them"),
+    amortise: Optional[int] = typer.Option(None, "--amortise", help="samples the training time is spread over "
+                                           "in the cost per effective sample (default: --samples)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the draws and of the Metropolis decisions"),
+    store: Optional[Path] = typer.Option(None, "--store"),
+    json_out: bool = typer.Option(False, "--json", help="print only the estimates as a JSON array"),
+) -> None:
+    """Unbiased observables of a trained run: reweighting and neural MCMC, Gamma-method errors."""
+    from .measure import attach, load_trained, measure_flow
+    from .store import DEFAULT_STORE, Store, write_json
+
+    _count(samples, "--samples", 2, 10**8)
+    _count(seed, "--seed", 0, 2**32 - 1)
+    if amortise is not None:
+        _count(amortise, "--amortise", 1, 10**15)
+    names = _names(observables)
+    st = Store(store or DEFAULT_STORE, create=False)
+    rec = st.find(run)
+    target, model = load_trained(rec)
+    got = measure_flow(model, target, samples=samples, train_seconds=float(rec.get("wall_s") or 0.0),
+                       amortise=amortise, mcmc=mcmc, names=names, seed=seed)
+    new = attach(rec, got)
+    st.put(new)
+    write_json(Path(rec["run_dir"]) / "measurements.json", new["metrics"]["measurements"])
+    _print_measurements([new], names, json_out)
+
+
+@app.command("hmc")
+def hmc_cmd(
+    target: str = typer.Option(..., "--target", help="target plugin (see `list targets`)"),
+    set_: List[str] = typer.Option([], "--set", help="target parameter key=value (repeatable)"),
+    observables: Optional[str] = typer.Option(None, "--observables", help="comma list, or 'all' (default)"),
+    samples: int = typer.Option(16384, "--samples", help="states recorded, over all chains"),
+    chains: int = typer.Option(16, "--chains", help="independent chains run side by side"),
+    global_moves: bool = typer.Option(False, "--global-moves", help="add a global move: a random element of the "
+                                      "target's symmetry group, Metropolis-tested (exact also where broken)"),
+    leapfrog: int = typer.Option(10, "--leapfrog", help="leapfrog steps per trajectory"),
+    burn_in: int = typer.Option(200, "--burn-in", help="trajectories before recording (step size tuned)"),
+    thin: int = typer.Option(1, "--thin", help="trajectories between recorded states"),
+    seed: int = typer.Option(0, "--seed"),
+    store: Optional[Path] = typer.Option(None, "--store", help="results database (default: "
+                                         "./sesamo-runs/results.sqlite; created if missing)"),
+    json_out: bool = typer.Option(False, "--json", help="print only the estimates as a JSON array"),
+) -> None:
+    """HMC baseline: observables of a target with Gamma-method errors, recorded as method 'hmc'."""
+    from . import plugins
+    from .grid import parse_assignments
+    from .measure import hmc_record, measure_hmc
+    from .store import DEFAULT_STORE, Store
+
+    _count(samples, "--samples", 2, 10**8)
+    _count(chains, "--chains", 1, 4096)
+    _count(leapfrog, "--leapfrog", 1, 10**4)
+    _count(burn_in, "--burn-in", 0, 10**7)
+    _count(thin, "--thin", 1, 10**4)
+    _count(seed, "--seed", 0, 2**32 - 1)
+    names = _names(observables)
+    tgt = plugins.targets.create(target, parse_assignments(set_, "--set"), table=f"target '{target}'")
+    st = Store(store or DEFAULT_STORE)
+    m = measure_hmc(tgt, samples=samples, chains=chains, global_moves=global_moves, n_leapfrog=leapfrog,
+                    burn_in=burn_in, thin=thin, seed=seed, names=names)
+    rec = hmc_record(tgt, m)
+    st.put(rec)
+    _print_measurements([rec], names, json_out)
 
 
 @app.command("perf")

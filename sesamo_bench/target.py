@@ -93,6 +93,26 @@ class Target:
         """
         return None
 
+    # -- observables (optional; see sesamo_bench.observables) -----------------------------------
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        r"""Primary observables of configurations ``x`` ``(N, *shape)``: ``{name: (N,) or (N, k)}``.
+
+        Their expectation values are estimated by reweighting, neural MCMC or HMC
+        (``sesamo-bench measure``); none by default.
+        """
+        return {}
+
+    def derived_observables(self, means: dict[str, Any]) -> dict[str, Any]:
+        r"""Derived observables from the primary expectation values ``means`` (vector observables as
+        lists), written with arithmetic and numpy functions only, so they apply alike to numbers
+        and to error-carrying estimates (e.g. ``{"chi": V * (means["m2"] - means["m"] ** 2)}``)."""
+        return {}
+
+    def exact_observables(self) -> dict[str, float] | None:
+        """Exact expectation values, independently known, keyed like the estimates (vector
+        components as ``name[j]``); ``None`` where unknown."""
+        return None
+
     # -- helpers --------------------------------------------------------------------------------
     @property
     def dim(self) -> int:

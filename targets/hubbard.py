@@ -233,3 +233,33 @@ class Hubbard(Target):
             return None
         return (p[0] + p[1]) - (p[2] + p[3])
 
+    # -- observables ----------------------------------------------------------------------------
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        r"""x_1 x_2 (the first two components), |x| and the quadrant indicators ``(N, 4)`` in the
+        z2xz2 element order (+,+), (-,-), (-,+), (+,-), whose means are the quadrant masses."""
+        x1, x2 = x[:, 0], x[:, 1]
+        quad = torch.stack([(x1 > 0) & (x2 > 0), (x1 < 0) & (x2 < 0), (x1 < 0) & (x2 > 0), (x1 > 0) & (x2 < 0)], 1)
+        return {"x1x2": x1 * x2, "abs_x": x.reshape(x.shape[0], -1).norm(dim=1), "quadrant": quad.to(x.dtype)}
+
+    def exact_observables(self) -> dict[str, float] | None:
+        r"""For 2 sites and nt = 1: <x1 x2> and <|x|> by 2-D quadrature of the closed form
+        exp(-f) = 4 h(x)^2 exp(-(x1^2 + x2^2) / (2 U~)) (module docstring), the quadrant masses from
+        :func:`quadrant_log_masses`."""
+        if not self._exact():
+            return None
+        from scipy import integrate
+
+        ut, c = self.u_tilde, math.cosh(self.kappa_tilde)
+        log_z = self.log_z()
+
+        def density(x1: float, x2: float) -> float:
+            h = math.cosh((x1 + x2) / 2) + math.cosh((x1 - x2) / 2) * c
+            return 4 * h * h * math.exp(-(x1 * x1 + x2 * x2) / (2 * ut) - log_z)
+
+        box = 12 * math.sqrt(ut) + 4
+        out = {}
+        for name, fn in (("x1x2", lambda a, b: a * b), ("abs_x", lambda a, b: math.hypot(a, b))):
+            out[name] = integrate.dblquad(lambda b, a, fn=fn: fn(a, b) * density(a, b), -box, box, -box, box,
+                                          epsabs=1e-10, epsrel=1e-10)[0]
+        out.update({f"quadrant[{j}]": p for j, p in enumerate(self.mode_probabilities())})
+        return out

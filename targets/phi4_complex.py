@@ -16,6 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import math
+
+import numpy as np
+
+from sesamo_bench.lattice_physics import free_field, free_moments, slice_correlator, two_point
+from sesamo_bench.observables import flatten
 from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
 
@@ -86,3 +92,64 @@ class Phi4Complex(Target):
 
     def exact_symmetries(self) -> list[tuple[str, dict[str, Any]]]:
         return [("u1", {"broken": False})] if self.alpha == 0 else []
+
+    # -- observables ----------------------------------------------------------------------------
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        r"""m = M/V (``m_re``, ``m_im``), |m|, |m|^2, cos and sin of arg M (their means measure the
+        tilt of the phase distribution; 0 for exact U(1)), the action density, G(t) and C(x) with
+        Re(conj(a) b) products (:mod:`sesamo_bench.lattice_physics`)."""
+        v = self.dim // 2
+        m_re, m_im = x[..., 0].sum((1, 2)) / v, x[..., 1].sum((1, 2)) / v
+        r2 = m_re * m_re + m_im * m_im
+        r = r2.sqrt()
+        return {"m_re": m_re, "m_im": m_im, "abs_m": r, "abs_m2": r2, "cos_arg": m_re / r, "sin_arg": m_im / r,
+                "action_density": self.action(x) / v, "G": slice_correlator(x, complex_field=True),
+                "C": two_point(x, complex_field=True)}
+
+    def derived_observables(self, o: dict[str, Any]) -> dict[str, Any]:
+        r"""chi = V (<|m|^2> - |<m>|^2), G_c(t) = G(t) - L2 |<m>|^2, C_c(x) = C(x) - |<m>|^2, and the
+        effective mass ln(G_c(t) / G_c(t+1)) for t < L1 / 2."""
+        l1, l2 = self.lattice
+        m_sq = o["m_re"] ** 2 + o["m_im"] ** 2
+        gc = [g - l2 * m_sq for g in o["G"]]
+        return {"chi": l1 * l2 * (o["abs_m2"] - m_sq), "G_c": gc, "C_c": [c - m_sq for c in o["C"]],
+                "m_eff": [np.log(gc[t] / gc[t + 1]) for t in range(l1 // 2)]}
+
+    def _free(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The free field's real and imaginary parts: independent real free fields, the breaking
+        term acting on the real part only."""
+        if self.lam != 0:
+            return None
+        try:
+            return free_field(self.lattice, self.kappa, self.alpha), free_field(self.lattice, self.kappa, 0.0)
+        except ValueError:
+            return None
+
+    def exact_observables(self) -> dict[str, float] | None:
+        """Exact for the free field (lam = 0, Gaussian), else ``None``."""
+        free = self._free()
+        if free is None:
+            return None
+        from scipy import integrate, stats
+        from scipy.special import i1e
+
+        fre, fim = free
+        mre, mim = free_moments(self.lattice, fre["cov"], fre["mean"]), free_moments(self.lattice, fim["cov"], fim["mean"])
+        s, nu = mre["var_m"] ** 0.5, abs(mre["m"])
+        # (m_re, m_im) is an isotropic 2-D Gaussian around (<m_re>, 0), nu = |<m_re>|: |m| is Rice distributed, and
+        # E cos(arg M) = int_0^inf r/s^2 exp(-(r - nu)^2 / (2 s^2)) I1(r nu / s^2) dr
+        cos_arg = integrate.quad(lambda r: r / s**2 * math.exp(-(r - nu) ** 2 / (2 * s * s)) * i1e(r * nu / s**2),
+                                 0, nu + 40 * s)[0] if nu > 0 else 0.0
+        cos_arg = math.copysign(cos_arg, mre["m"])  # the mean lies along -alpha: arg M near pi
+        second = fre["cov"] + np.outer(fre["mean"], fre["mean"])
+        f = float(np.trace(fre["a"] @ second) + np.trace(fim["a"] @ fim["cov"])) + self.alpha * float(fre["mean"].sum())
+        v = self.dim // 2
+        prim = {"m_re": mre["m"], "m_im": 0.0, "abs_m": float(stats.rice(nu / s, scale=s).mean()),
+                "abs_m2": mre["m2"] + mim["m2"], "cos_arg": cos_arg, "sin_arg": 0.0, "action_density": f / v,
+                "G": list(mre["G"] + mim["G"]), "C": list(mre["C"] + mim["C"])}
+        return {k: float(v) for k, v in flatten({**prim, **self.derived_observables(prim)}).items()}
+
+    def log_z(self) -> float | None:
+        """Exact for the free field (lam = 0), else ``None``."""
+        free = self._free()
+        return None if free is None else free[0]["log_z"] + free[1]["log_z"]

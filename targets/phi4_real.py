@@ -21,6 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import numpy as np
+
+from sesamo_bench.observables import flatten
+from sesamo_bench.lattice_physics import folded_normal_mean, free_field, free_moments, slice_correlator, two_point
 from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
 #: the paper's fit of the magnetisation histogram at alpha = 0 (App. H.3): A, mu, sigma
@@ -139,3 +143,45 @@ class Phi4Real(Target):
         """[p(m > 0), p(m < 0)] (z2 elements u = 0, 1) from the same fit as :meth:`breaking_ratio`."""
         r = self.breaking_ratio()
         return None if r is None else [(1 + r) / 2, (1 - r) / 2]
+
+    # -- observables ----------------------------------------------------------------------------
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        r"""m = M/V, |m|, m^2, the action density f/V, the zero-momentum correlator G(t) ``(N, L1)``
+        and the two-point function C(x) ``(N, V)`` (:mod:`sesamo_bench.lattice_physics`)."""
+        m = x.sum((1, 2)) / self.dim
+        return {"m": m, "abs_m": m.abs(), "m2": m * m, "action_density": self.action(x) / self.dim,
+                "G": slice_correlator(x), "C": two_point(x)}
+
+    def derived_observables(self, o: dict[str, Any]) -> dict[str, Any]:
+        r"""chi = V (<m^2> - <m>^2), the connected G_c(t) = G(t) - L2 <m>^2 and C_c(x) = C(x) - <m>^2,
+        and the effective mass ln(G_c(t) / G_c(t+1)) for t < L1 / 2."""
+        l1, l2 = self.lattice
+        m_sq = o["m"] ** 2
+        gc = [g - l2 * m_sq for g in o["G"]]
+        return {"chi": self.dim * (o["m2"] - m_sq), "G_c": gc, "C_c": [c - m_sq for c in o["C"]],
+                "m_eff": [np.log(gc[t] / gc[t + 1]) for t in range(l1 // 2)]}
+
+    def exact_observables(self) -> dict[str, float] | None:
+        """Exact for the free field (lam = 0, where the action is Gaussian), else ``None``."""
+        if self.lam != 0:
+            return None
+        try:
+            ff = free_field(self.lattice, self.kappa, self.alpha)
+        except ValueError:
+            return None
+        mom = free_moments(self.lattice, ff["cov"], ff["mean"])
+        second = ff["cov"] + np.outer(ff["mean"], ff["mean"])
+        f = float(np.trace(ff["a"] @ second)) + self.alpha * float(ff["mean"].sum())
+        prim = {"m": mom["m"], "abs_m": folded_normal_mean(mom["m"], mom["var_m"] ** 0.5), "m2": mom["m2"],
+                "action_density": f / self.dim, "G": list(mom["G"]), "C": list(mom["C"])}
+        return {k: float(v) for k, v in flatten({**prim, **self.derived_observables(prim)}).items()}
+
+    def log_z(self) -> float | None:
+        """Exact for the free field (lam = 0), else ``None``."""
+        if self.lam != 0:
+            return None
+        try:
+            return free_field(self.lattice, self.kappa, self.alpha)["log_z"]
+        except ValueError:
+            return None
+
