@@ -39,7 +39,7 @@ JSON_FIELDS = ("run_id", "benchmark", "target", "method", "seed", "params", "sta
 MAX_WORKERS = 4096
 #: largest batch ``perf --batches`` accepts
 MAX_PERF_BATCH = 1 << 22
-LIST_WHAT = ("targets", "symmetries", "methods", "benchmarks", "presets")
+LIST_WHAT = ("targets", "symmetries", "methods", "benchmarks", "presets", "architectures")
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
 
 
@@ -97,7 +97,8 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 # ---------------------------------------------------------------------------------------------
 @app.command("list")
 def list_cmd(
-    what: Optional[str] = typer.Argument(None, help="targets | symmetries | methods | benchmarks | presets"),
+    what: Optional[str] = typer.Argument(
+        None, help="targets | symmetries | methods | benchmarks | presets | architectures"),
     benchmarks_file: Optional[Path] = typer.Option(None, "--benchmarks-file", help="benchmarks.toml to list"),
 ) -> None:
     """List plugins, methods, benchmarks and presets with their parameters and defaults."""
@@ -137,6 +138,19 @@ def listing(what: str | None, benchmarks_file: Path | None = None) -> str:
             section("targets", plugins.targets)
         elif sec == "symmetries":
             section("symmetries", plugins.symmetries)
+        elif sec == "architectures":
+            from .architecture import schema
+
+            out.append("architectures (--set flow=NAME flow.<param>=value):")
+            for name in plugins.architectures.names():
+                cls = plugins.architectures.get(name)
+                eq = ", ".join(cls.equivariance) or "none"
+                out.append(f"  {name:<18} {cls.description or doc(cls)}")
+                out.append(f"  {'':<18} domains: {', '.join(cls.domains)}; equivariant under: {eq}")
+                out.append(f"  {'':<18} parameters: "
+                           + (", ".join(f"{k}={v!r}" for k, v in schema(cls).items()) or "(no parameters)"))
+            for err in plugins.architectures.errors.values():
+                out.append(f"  ! plugin failed to load: {err}")
         elif sec == "methods":
             out.append("methods:")
             for name, cls in METHODS.items():

@@ -4,8 +4,14 @@ A run is fully described by a :class:`RunConfig`. :func:`resolve` builds one fro
 preset (``smoke``, ``quick`` or ``paper``; see :attr:`sesamo_bench.target.Target.presets`), the
 per-method overrides of that preset and user overrides (``--set key=value`` or a
 ``benchmarks.toml`` table). Keys are either training/architecture fields of :class:`RunConfig`,
-target parameters (``beta``), or ``symmetry.<param>``; anything else is an error naming the
+target parameters (``beta``), ``symmetry.<param>``, ``flow`` (an architecture name, see
+:mod:`sesamo_bench.architecture`) or ``flow.<param>``; anything else is an error naming the
 allowed keys.
+
+The architecture's parameters live in ``flow_params``, except those of the default ``realnvp``:
+they are the fields ``couplings``, ``hidden_layers``, ``width``, ``activation`` and
+``scale_bound`` (``flow.width=100`` and ``width=100`` are the same run), so the configurations
+from before the architecture registry keep their run ids.
 """
 
 from __future__ import annotations
@@ -74,9 +80,24 @@ class RunConfig:
     compile: bool = False
     threads: int = 0  # CPU intra-op threads (0: torch default); an execution setting like device
     kernels: str = "auto"  # MLP kernels: auto (fused, native or oneDNN, on float32 CPU), native, onednn, aten
+    # the flow's architecture (sesamo_bench.architecture); realnvp takes the fields above
+    flow: str = "realnvp"
+    flow_params: dict[str, Any] = field(default_factory=dict)
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}
+
+    def flow_spec(self):
+        """The :class:`~sesamo_bench.architecture.FlowSpec` of this run."""
+        from .architecture import FlowSpec
+
+        params = {**self.arch(), **self.flow_params} if self.flow == DEFAULT_FLOW else dict(self.flow_params)
+        return FlowSpec(self.flow, params, kernels=self.kernels)
+
+    def flow_label(self) -> str:
+        """``realnvp`` or ``name(key=value,...)`` of the non-default architecture parameters."""
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.flow_params.items()))
+        return self.flow + (f"({inner})" if inner else "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,8 +112,13 @@ class RunConfig:
         return f"{self.target}/{self.method}/seed{self.seed}" + (f" [{sweep}]" if sweep else "")
 
 
+DEFAULT_FLOW = "realnvp"
+#: RunConfig fields that are the default architecture's parameters
+REALNVP_FIELDS = ("couplings", "hidden_layers", "width", "activation", "scale_bound")
+
 HYPER = {f.name: f.default for f in dataclasses.fields(RunConfig)
-         if f.name not in ("target", "method", "seed", "preset", "target_params", "symmetry", "symmetry_params")}
+         if f.name not in ("target", "method", "seed", "preset", "target_params", "symmetry", "symmetry_params",
+                           "flow_params")}
 
 #: allowed range of each numeric hyperparameter: (lower, lower inclusive, upper)
 RANGES: dict[str, tuple[float, bool, float | None]] = {
@@ -131,11 +157,16 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
 
 
 def split_overrides(overrides: dict[str, Any], target_cls: type, where: str = "--set") -> tuple[dict, dict, dict]:
-    """Sort ``key=value`` overrides into (hyperparameters, target parameters, symmetry parameters)."""
+    """Sort ``key=value`` overrides into (hyperparameters, target parameters, symmetry parameters).
+
+    ``flow.<param>`` keys are collected into ``hyper["flow_params"]`` (checked by :func:`resolve`
+    against the architecture's schema once the architecture is known)."""
     hyper, tparams, sparams = {}, {}, {}
     tschema = parameters(target_cls)
     for key, value in overrides.items():
-        if key.startswith("symmetry."):
+        if key.startswith("flow."):
+            hyper.setdefault("flow_params", {})[key.split(".", 1)[1]] = value
+        elif key.startswith("symmetry."):
             sparams[key.split(".", 1)[1]] = value
         elif key.startswith("target."):
             k = key.split(".", 1)[1]
@@ -149,7 +180,8 @@ def split_overrides(overrides: dict[str, Any], target_cls: type, where: str = "-
             hyper[key] = check_hyper(key, value, where)
         else:
             allowed = sorted(set(tschema) | set(HYPER))
-            raise ConfigError(f"{where}: unknown key '{key}'. Allowed: {', '.join(allowed)}, symmetry.<param>")
+            raise ConfigError(f"{where}: unknown key '{key}'. Allowed: {', '.join(allowed)}, symmetry.<param>, "
+                              "flow.<param>")
     return hyper, tparams, sparams
 
 
@@ -173,13 +205,38 @@ def resolve(target: str, method: str, *, seed: int = 0, preset: str = "quick",
     method_class(method)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed must be an integer >= 0 and < 2**32, got {seed!r}")
-    values = {k: check_hyper(k, v, f"preset '{preset}' of target '{target}'")
-              for k, v in preset_values(tcls, preset, method).items()}
+    where = f"preset '{preset}' of target '{target}'"
+    pv = preset_values(tcls, preset, method)
+    preset_flow = {k.split(".", 1)[1]: pv.pop(k) for k in list(pv) if k.startswith("flow.")}
+    values = {k: check_hyper(k, v, where) for k, v in pv.items()}
     hyper, tparams, sparams = split_overrides(dict(overrides or {}), tcls)
     h2, t2, s2 = split_overrides(dict(method_overrides or {}), tcls, f"--set for method '{method}'")
+    flow_params: dict[str, Any] = {}
+    # an architecture chosen by the user drops the preset's parameters of another architecture
+    if "flow" in {**hyper, **h2} and {**hyper, **h2}["flow"] != values.get("flow", DEFAULT_FLOW):
+        preset_flow = {}
+    flow_params.update(preset_flow)
+    flow_params.update(hyper.pop("flow_params", {}))
+    flow_params.update(h2.pop("flow_params", {}))
     values.update(hyper)
     values.update(h2)
     tparams.update(t2)
     sparams.update(s2)
+    values["flow_params"] = flow_params
+    _resolve_flow(values, where="--set")
     return RunConfig(target=target, method=method, seed=seed, preset=preset, target_params=tparams,
                      symmetry_params=sparams, **values)
+
+
+def _resolve_flow(values: dict[str, Any], *, where: str) -> None:
+    """Check ``flow`` and ``flow_params`` in place; the default architecture's parameters move to
+    their RunConfig fields (one spelling per run, hence one run id)."""
+    from .architecture import check_params
+
+    name = values.get("flow", DEFAULT_FLOW)
+    params = check_params(name, values.pop("flow_params"), where=where)
+    if name == DEFAULT_FLOW:
+        for k in REALNVP_FIELDS:
+            if k in params:
+                values[k] = check_hyper(k, params.pop(k), where)
+    values["flow_params"] = params

@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .architecture import Architecture, Domain, FlowSpec
 from .errors import IncompatibleError, UnknownNameError
-from .flows import GaussianPrior, RealNVP
+from .flows import GaussianPrior
 from .symmetry import Symmetry
 
 
@@ -53,7 +54,7 @@ class Standardized(nn.Module):
     trains as fast as a unit one. Commutes with the linear group actions when ``mean`` is 0.
     """
 
-    def __init__(self, flow: RealNVP, *, mean: float, std: float):
+    def __init__(self, flow: Architecture, *, mean: float, std: float):
         super().__init__()
         self.inner, self.mean, self.std = flow, float(mean), float(std)
         self.unit = self.mean == 0.0 and self.std == 1.0
@@ -73,13 +74,21 @@ class Standardized(nn.Module):
 
 
 class Method(nn.Module):
-    r"""Base class: a prior, a RealNVP flow and (optionally) a symmetry.
+    r"""Base class: a prior, a flow and (optionally) a symmetry.
+
+    The method decides which :class:`~sesamo_bench.architecture.Domain` its flow acts on
+    (:meth:`flow_domain`) and builds the flow from the :class:`~sesamo_bench.architecture.FlowSpec`
+    it receives, so any registered architecture whose domain fits plugs into any method.
 
     Arguments:
         shape: field shape of the target.
         symmetry: a bound :class:`~sesamo_bench.symmetry.Symmetry` (unused by ``realnvp``).
-        arch: RealNVP keyword arguments (couplings, hidden_layers, width, activation, scale_bound).
+        flow: the architecture and its parameters (default: ``realnvp`` built from ``arch``).
+        arch: ``realnvp`` keyword arguments (couplings, hidden_layers, width, activation,
+            scale_bound); used when ``flow`` is not given.
+        lattice: number of leading axes of ``shape`` that are a periodic lattice (0: none).
         prior_mean, prior_var: the Gaussian prior's parameters.
+        kernels: the MLP kernels of the default architecture.
     """
 
     name: ClassVar[str] = ""
@@ -91,16 +100,27 @@ class Method(nn.Module):
         if cls.name:
             METHODS[cls.name] = cls
 
-    def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, arch: dict[str, Any],
-                 prior_mean: float = 0.0, prior_var: float = 1.0, kernels: str = "auto"):
+    def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, flow: FlowSpec | None = None,
+                 arch: dict[str, Any] | None = None, lattice: int = 0, prior_mean: float = 0.0,
+                 prior_var: float = 1.0, kernels: str = "auto"):
         super().__init__()
         self.shape = tuple(shape)
         self.symmetry = symmetry
+        self.lattice = int(lattice)
+        spec = flow if flow is not None else FlowSpec("realnvp", dict(arch or {}), kernels=kernels)
+        self.spec = spec
+        domain = self.flow_domain(spec)
+        self.prior = GaussianPrior(domain.dim, mean=prior_mean, var=prior_var)
+        what = f"method '{self.name}'" + (f" with symmetry '{symmetry.name}'" if symmetry is not None else "")
+        self.flow = Standardized(spec.build(domain, what=what), mean=prior_mean, std=prior_var**0.5)
+
+    def flow_domain(self, spec: FlowSpec) -> Domain:
+        """The domain the flow acts on: the target's field (lattice structure kept) by default;
+        R^flow_dim when the method reduces the dimension."""
         dim = self.flow_dim()
-        flow_shape = self.shape if dim == _prod(self.shape) else (dim,)
-        self.prior = GaussianPrior(dim, mean=prior_mean, var=prior_var)
-        self.flow = Standardized(RealNVP(dim, shape=flow_shape, kernels=kernels, **arch), mean=prior_mean,
-                                 std=prior_var**0.5)
+        if dim == _prod(self.shape):
+            return Domain(self.shape, lattice=self.lattice)
+        return Domain((dim,))
 
     def flow_dim(self) -> int:
         return _prod(self.shape)
@@ -185,7 +205,35 @@ class Canonicalization(Method):
 
 
 class SESaMo(Method):
-    """Symmetry-enforcing stochastic modulation: x = T_u g(z), u ~ p_S (paper Eq. 13-15)."""
+    r"""Symmetry-enforcing stochastic modulation: x = T_u g(z), u ~ p_S (paper Eq. 13-15).
+
+    Two constructions, chosen by what the flow's architecture declares:
+
+    - **cell** (the paper's): y = embed(g(z)) in the canonical cell (penalised), u ~ p_S,
+      x = T_u y, on ``symmetry.flow_dim`` real components (R^(2V-1) for U(1), reference notes);
+    - **equivariant**, when the architecture declares the symmetry in its ``equivariance`` (e.g.
+      ``lattice-u1`` for U(1)) and the prior is invariant (mean 0): the flow acts on the whole
+      field, y = g(z), and the modulation replaces y's group element by a draw from p_S.
+
+    Derivation of the equivariant density. Let q_y be the density of y = g(z) on the field space.
+    g commutes with every T_h and the prior is invariant, so q_y(T_h y) = q_y(y) for all h.
+    Canonicalise y = T_c y_c (``symmetry.canonicalize``), draw u ~ p_S independently and put
+    x = T_u y_c. Write the field space in orbit coordinates (y_c, c): for a finite group the map
+    is |G|-to-one onto the cell times G, for U(1) it is the polar decomposition
+    y = e^{i phi} y_c (Im M(y_c) = 0, Re M(y_c) > 0) with volume element J(y_c) d y_c d phi. Under
+    q_y, c is uniform (Haar density p_H = 1/|G| or 1/(2 pi)) and independent of y_c, because q_y is
+    constant on orbits. The density of y_c in the cell is therefore q_c(y_c) = q_y(y_c) J(y_c) / p_H
+    (J = 1 for finite groups), and x has, in the same coordinates, density q_c(y_c) p_S(u); back in
+    field coordinates (divide by J):
+
+        q(x) = q_y(y_c) p_S(u) / p_H = q_y(x) p_S(u) / p_H,   (x = T_u y_c, q_y invariant)
+
+    i.e. ln q(x) = ln q_0(g^{-1}(x)) + ln|det dg^{-1}/dx| + ln p_S(u(x)) - ln p_H, with u(x) the
+    group element of x's canonicalisation. Exact p_S = p_H gives q = q_y, invariant under T_h; for
+    U(1) with p_S(theta) = 1 / (2 pi h'(v)), theta = 2 pi h(v), the factor is 1 / h'(v). No cell
+    penalty is needed: y_c is in the cell by construction. ``tests/test_architectures.py`` checks
+    normalisation by importance sampling, phase invariance and the Jacobians.
+    """
 
     name = "sesamo"
     description = "flow into one cell, then a (learnable) stochastic modulation picks the group element"
@@ -194,14 +242,35 @@ class SESaMo(Method):
     def __init__(self, shape, symmetry, **kw):
         if symmetry is None:
             raise IncompatibleError("sesamo needs a symmetry")
+        spec = kw.get("flow")
+        self.equivariant = spec is not None and symmetry.name in spec.cls.equivariance
+        if self.equivariant and kw.get("prior_mean", 0.0) != 0.0:
+            raise IncompatibleError(f"sesamo with the {symmetry.name}-equivariant architecture '{spec.name}' "
+                                    "needs an invariant prior: prior_mean must be 0")
         super().__init__(shape, symmetry, **kw)
 
     def flow_dim(self) -> int:
+        if self.equivariant:
+            return _prod(self.shape)
         return self.symmetry.flow_dim(_prod(self.shape))
+
+    def flow_domain(self, spec: FlowSpec) -> Domain:
+        domain = super().flow_domain(spec)
+        if not self.equivariant and domain.dim != _prod(self.shape) and spec.cls.accepts(domain) is not None:
+            raise IncompatibleError(
+                f"architecture '{spec.name}' {spec.cls.accepts(domain)}: sesamo with symmetry "
+                f"'{self.symmetry.name}' runs its flow on R^{domain.dim}; choose an architecture that is "
+                f"{self.symmetry.name}-equivariant (it then acts on the whole field) or one for flat domains")
+        return domain
 
     def sample(self, n: int) -> Sample:
         z = self.prior.sample(n)
         yf, ladj = self.flow(z)
+        if self.equivariant:
+            yc, _ = self.symmetry.canonicalize(self._field(yf))
+            u, log_pu = self.symmetry.modulation.sample_and_log_prob(n, like=yf)
+            x = self.symmetry.act(yc, u)
+            return Sample(x, self.prior.log_prob(z) - ladj + log_pu - self.symmetry.haar_log_prob(), None, u)
         y = self.symmetry.embed(yf, self.shape)
         u, log_pu = self.symmetry.modulation.sample_and_log_prob(n, like=yf)
         x = self.symmetry.act(y, u)
@@ -209,6 +278,11 @@ class SESaMo(Method):
         return Sample(x, log_q, y, u)
 
     def log_prob(self, x: Tensor) -> Tensor:
+        if self.equivariant:
+            _, u = self.symmetry.canonicalize(x)
+            z, ladj = self.flow.inverse(x.reshape(x.shape[0], -1))
+            return (self.prior.log_prob(z) + ladj + self.symmetry.modulation.log_prob(u)
+                    - self.symmetry.haar_log_prob())
         terms = []
         for y, u in self.symmetry.preimages(x):
             z, ladj = self.flow.inverse(self.symmetry.unembed(y))

@@ -228,18 +228,26 @@ def _curve(history: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | Non
 
 
 def _ess_time(target: str, shown: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> Path | None:
+    from .report import flow_label
+
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:  # one curve per (method, architecture) pair
+        by_pair.setdefault((r["method"], flow_label(r.get("config"))), []).append(r)
+    several = len({f for _, f in by_pair}) > 1
     series = []
-    for (method,), rs in sorted(_by(runs, "method").items(), key=lambda kv: method_rank(kv[0][0])):
+    for (method, flow), rs in sorted(by_pair.items(), key=lambda kv: (method_rank(kv[0][0]), kv[0][1])):
         fin = [r for r in rs if r.get("status") == "finished"]
         curves = [c for r in (fin or rs) if (c := _curve(r.get("history"))) is not None]
         if curves:
-            series.append((method, curves))
+            series.append(((method, flow), curves))
     if not series:
         return None
     tmax = max(c[0][-1] for _, cs in series for c in cs)
     scale, unit = (60.0, "min") if tmax > 300 else (1.0, "s")
     fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
-    for i, (method, curves) in enumerate(series):
+    styles = ("-", "--", ":", "-.")
+    flows = sorted({f for (_, f), _ in series})
+    for i, ((method, flow), curves) in enumerate(series):
         grid = np.linspace(min(c[0][0] for c in curves), max(c[0][-1] for c in curves), 200)
         ys = np.array([np.interp(grid, t, e, left=np.nan, right=np.nan) for t, e in curves])
         valid = np.isfinite(ys).sum(0)
@@ -247,8 +255,10 @@ def _ess_time(target: str, shown: dict[str, Any], runs: list[dict[str, Any]], ou
             mean = np.nanmean(np.where(valid > 0, ys, 0.0), 0)
             std = np.nanstd(np.where(valid > 0, ys, 0.0), 0) if len(curves) > 1 else np.zeros_like(grid)
         keep = valid == len(curves)  # where every seed has data (no jumps where short runs end)
-        color = _color(method, i)
-        ax.plot(grid[keep] / scale, mean[keep], color=color, label=f"{_label(method)} ({len(curves)} seeds)")
+        color = _color(method, i) if not several else f"C{flows.index(flow) % 10}"
+        name = f"{_label(method)} / {flow}" if several else _label(method)
+        ax.plot(grid[keep] / scale, mean[keep], color=color, linestyle=styles[method_rank(method)[0] % len(styles)],
+                label=f"{name} ({len(curves)} seeds)")
         if len(curves) > 1:
             ax.fill_between(grid[keep] / scale, (mean - std)[keep], (mean + std)[keep], color=color, alpha=0.25,
                             linewidth=0)

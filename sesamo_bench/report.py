@@ -183,7 +183,8 @@ def method_rank(method: str) -> tuple[int, str]:
 
 
 def _group_sort(g: dict[str, Any]) -> tuple:
-    return (g["benchmark"] or "", g["target"], _params_sort(g["params"]), g["preset"] or "", method_rank(g["method"]))
+    return (g["benchmark"] or "", g["target"], _params_sort(g["params"]), g["preset"] or "", method_rank(g["method"]),
+            g.get("flow") or "")
 
 
 def _exact_like(exact: float | None, estimate: str) -> str:
@@ -194,11 +195,18 @@ def _exact_like(exact: float | None, estimate: str) -> str:
     return f"{exact:.{len(head.split('.')[1]) + 1}f}"
 
 
+def flow_label(config: dict[str, Any] | None) -> str:
+    """The architecture of a run's configuration: ``realnvp`` (the default) or ``name(key=value,...)``."""
+    config = config or {}
+    inner = ",".join(f"{k}={v}" for k, v in sorted((config.get("flow_params") or {}).items()))
+    return (config.get("flow") or "realnvp") + (f"({inner})" if inner else "")
+
+
 def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     r"""Group runs over seeds and summarise each group.
 
-    Groups are keyed by (benchmark, target, method, params, preset): runs of different presets are
-    not comparable and are never pooled. Only ``finished`` runs enter the means; the others are
+    Groups are keyed by (benchmark, target, method, architecture, params, preset): runs of different
+    presets or architectures are not comparable and are never pooled. Only ``finished`` runs enter the means; the others are
     counted by status.
 
     Arguments:
@@ -221,13 +229,14 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         preset = (r.get("config") or {}).get("preset")
-        key = (r.get("benchmark"), r["target"], r["method"], params_key(r.get("params")), preset)
+        key = (r.get("benchmark"), r["target"], r["method"], params_key(r.get("params")), preset,
+               flow_label(r.get("config")))
         groups.setdefault(key, []).append(r)
     out = []
-    for (bench, target, method, _, preset), rs in groups.items():
+    for (bench, target, method, _, preset, flow), rs in groups.items():
         fin = sorted((r for r in rs if r.get("status") == "finished"), key=lambda r: r.get("seed", 0))
         g: dict[str, Any] = {"benchmark": bench, "target": target, "method": method,
-                             "params": dict(rs[0].get("params") or {}), "preset": preset,
+                             "params": dict(rs[0].get("params") or {}), "preset": preset, "flow": flow,
                              "seeds": [r.get("seed") for r in fin], "n_runs": len(rs)}
         for s in STATUSES:
             g[f"n_{s}"] = sum(r.get("status") == s for r in rs)
@@ -259,14 +268,16 @@ def _failures(g: dict[str, Any]) -> str:
     return ", ".join(parts) if parts else "-"
 
 
-def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_col: bool) -> tuple[list, list]:
-    headers = (["benchmark"] if benchmark_col else []) + ["target", "method", "params"] + \
-        (["preset"] if preset_col else []) + \
+def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_col: bool,
+                  flow_col: bool = False) -> tuple[list, list]:
+    headers = (["benchmark"] if benchmark_col else []) + ["target", "method"] + (["flow"] if flow_col else []) + \
+        ["params"] + (["preset"] if preset_col else []) + \
         ["seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "wall s", "failures"]
     rows = []
     for g in groups:
         shown = shown_params(g["target"], g["params"], (h["params"] for h in groups if h["target"] == g["target"]))
-        row = ([g["benchmark"] or "-"] if benchmark_col else []) + [g["target"], g["method"], params_label(shown)]
+        row = ([g["benchmark"] or "-"] if benchmark_col else []) + [g["target"], g["method"]] + \
+            ([g.get("flow") or "realnvp"] if flow_col else []) + [params_label(shown)]
         row += [g["preset"] or "-"] if preset_col else []
         flagged = g.get("log_z_err_reliable") is False
         log_z = _flagged(g["log_z_mean"], g["log_z_std"], flagged)
@@ -316,7 +327,7 @@ def _csv(groups: list[dict[str, Any]]) -> str:
               "breaking_ratio_is_mean", "breaking_ratio_is_std", "breaking_ratio_is_err_mean",
               "breaking_ratio_exact_err",
               "support_missing_mean", "support_missing_std", "support_missing_err_mean", "ess_n_min",
-              "log_z_err_reliable"]
+              "log_z_err_reliable", "flow"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -382,6 +393,7 @@ def render_report(runs: Iterable[dict[str, Any]], *, fmt: str = "terminal", grou
     if not groups:
         return EMPTY
     preset_col = len({g["preset"] for g in groups}) > 1
+    flow_col = any((g.get("flow") or "realnvp") != "realnvp" for g in groups)  # a column once any run differs
     if group_by_benchmark:
         sections: dict[Any, list] = {}
         for g in groups:
@@ -393,7 +405,7 @@ def render_report(runs: Iterable[dict[str, Any]], *, fmt: str = "terminal", grou
         benchmark_col = len({g["benchmark"] for g in groups}) > 1
     tables = []
     for title, gs in parts:
-        headers, rows = _display_rows(gs, benchmark_col=benchmark_col, preset_col=preset_col)
+        headers, rows = _display_rows(gs, benchmark_col=benchmark_col, preset_col=preset_col, flow_col=flow_col)
         tables.append(_table(headers, rows, fmt, title=title, width=width))
     if fmt == "latex":
         body = "\n\n".join(tables)

@@ -200,6 +200,11 @@ class Symmetry(nn.Module):
         actions."""
         return y.new_zeros(y.shape[0])
 
+    def haar_log_prob(self) -> float:
+        """ln of the uniform (Haar) density of the group elements: -ln |G| for a finite group;
+        continuous groups override it (U(1): -ln 2 pi). Used by SESaMo's equivariant construction."""
+        return -math.log(self.order)
+
     def preimages(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """All ``(y, u)`` with ``y`` in the image of :meth:`embed` and ``T_u y = x``.
 

@@ -40,6 +40,9 @@ class Target:
 
     #: shape of one configuration (set by the constructor)
     shape: tuple[int, ...] = ()
+    #: sides of the periodic lattice when the leading axes of ``shape`` are one (phi^4: ``(L1, L2)``),
+    #: else ``None``; the lattice architectures (``architectures/lattice_*.py``) need it
+    lattice: tuple[int, ...] | None = None
 
     # -- physics --------------------------------------------------------------------------------
     def action(self, x: Tensor) -> Tensor:

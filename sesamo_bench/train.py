@@ -167,7 +167,10 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
     """
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    kwargs = dict(arch=cfg.arch(), prior_mean=cfg.prior_mean, prior_var=cfg.prior_var, kernels=cfg.kernels)
+    lattice = getattr(target, "lattice", None)
+    lattice_axes = len(lattice) if isinstance(lattice, tuple) and tuple(target.shape[:len(lattice)]) == lattice else 0
+    kwargs = dict(flow=cfg.flow_spec(), lattice=lattice_axes, prior_mean=cfg.prior_mean, prior_var=cfg.prior_var,
+                  kernels=cfg.kernels)
     try:
         model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
     except (TypeError, ValueError) as exc:

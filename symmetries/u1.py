@@ -127,5 +127,8 @@ class U1(Symmetry):
     def probabilities(self) -> list[float] | None:
         return None
 
+    def haar_log_prob(self) -> float:
+        return -math.log(TWO_PI)
+
     def random_elements(self, n: int, like: Tensor) -> Tensor:
         return torch.rand(n, dtype=like.dtype, device=like.device) * TWO_PI
