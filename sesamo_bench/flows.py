@@ -192,6 +192,9 @@ class RealNVP(nn.Module):
         True
     """
 
+    #: the coupling class (a subclass may change the conditioner, e.g. odd networks)
+    coupling: type[AffineCoupling] = AffineCoupling
+
     def __init__(self, dim: int, *, shape: tuple[int, ...] | None = None, couplings: int = 6,
                  hidden_layers: int = 4, width: int = 40, activation: str = "relu",
                  scale_bound: float = 3.0, kernels: str = "auto"):
@@ -211,7 +214,7 @@ class RealNVP(nn.Module):
             n_cond, n_out = (self.na, self.nb) if k % 2 == 0 else (self.nb, self.na)
             if n_out == 0:
                 n_cond, n_out = 0, n_cond
-            self.layers.append(AffineCoupling(n_cond, n_out, hidden_layers=hidden_layers, width=width,
+            self.layers.append(self.coupling(n_cond, n_out, hidden_layers=hidden_layers, width=width,
                                               activation=activation, scale_bound=scale_bound, kernels=kernels))
 
     def _check(self, x: Tensor) -> None:
