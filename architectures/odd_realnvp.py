@@ -49,6 +49,7 @@ class OddRealNVP(RealNVP, Architecture):
     name = "odd-realnvp"
     description = "affine couplings with odd (sign-flip-equivariant) MLP conditioners"
     equivariance = ("z2",)
+    run_fields = True
     coupling = OddAffineCoupling
 
     def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,

@@ -24,7 +24,7 @@ from .config import HYPER, PRESETS, check_hyper
 from .errors import ConfigError, UnknownNameError
 from .grid import GridRequest
 from .methods import METHODS
-from .registry import ROOT, build, parameters
+from .registry import build, parameters
 
 FILE_NAME = "benchmarks.toml"
 
@@ -47,9 +47,9 @@ class Benchmark:
 
 
 def default_file() -> Path:
-    """``./benchmarks.toml`` when present, else the one shipped next to the package."""
+    """``./benchmarks.toml`` when present, else the default one shipped inside the package."""
     local = Path.cwd() / FILE_NAME
-    return local if local.is_file() else ROOT / FILE_NAME
+    return local if local.is_file() else Path(__file__).resolve().parent / FILE_NAME
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -122,7 +122,10 @@ def bounded(raw: Tensor, bound: float) -> Tensor:
     The same function; PyTorch's CPU ``sigmoid`` is about ten times faster than its ``tanh``
     (vectorised differently), and the absolute error is a few float eps of c.
     """
-    return torch.sigmoid(raw * (2.0 / bound)).mul_(2.0 * bound).sub_(bound)
+    s = torch.sigmoid(raw * (2.0 / bound))
+    if s.requires_grad:  # sigmoid's backward needs its output: no in-place update under autograd
+        return s * (2.0 * bound) - bound
+    return s.mul_(2.0 * bound).sub_(bound)
 
 
 class _BoundedAffine(torch.autograd.Function):

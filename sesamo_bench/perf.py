@@ -418,6 +418,8 @@ def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] |
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = str(train_mod.resolve_device(opt.device))
+    if device == "cpu":
+        kernels_mod.keep_freed_memory()  # as in a training worker (sesamo_bench.train.train)
     out: dict[str, Any] = {"machine": {**machine_info(), "mlp_kernels": kernels_mod.resolve("auto", device)},
                            "options": dataclasses.asdict(opt), "device": device, "notes": []}
     avail = _targets_available()

@@ -2,7 +2,10 @@ r"""Plugin discovery: one symmetry or target per file, found without editing any
 
 Plugins come from three places, in this order (a later one with the same name wins):
 
-1. the built-in folders ``symmetries/`` and ``targets/`` next to the ``sesamo_bench`` package;
+1. the built-in plugins: the repository's top-level folders ``symmetries/`` and ``targets/``,
+   installed as the sub-packages ``sesamo_bench.symmetries`` and ``sesamo_bench.targets`` (so a
+   built-in class imports by module name, e.g. ``from sesamo_bench.targets.hubbard import
+   Hubbard``, and pickles);
 2. folders named in the environment variable ``SESAMO_BENCH_PLUGINS`` (``os.pathsep``-separated;
    each may hold ``symmetries/`` and ``targets/`` sub-folders);
 3. installed packages, through the entry-point groups ``sesamo_bench.symmetries`` and
@@ -15,6 +18,7 @@ import is recorded in :attr:`Registry.errors` (with its file name) and does not 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import os
@@ -28,12 +32,14 @@ from .errors import ConfigError, PluginError, UnknownNameError
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parent.parent
+def builtin_dir(sub: str) -> Path:
+    """The folder of the built-in plugins of kind ``sub`` (the package ``sesamo_bench.<sub>``)."""
+    return Path(importlib.import_module(f"{__package__}.{sub}").__file__).parent
 
 
 def plugin_dirs(sub: str) -> list[Path]:
     """Folders searched for plugins of kind ``sub`` (``"symmetries"`` or ``"targets"``)."""
-    dirs = [ROOT / sub]
+    dirs = [builtin_dir(sub)]
     for extra in filter(None, os.environ.get("SESAMO_BENCH_PLUGINS", "").split(os.pathsep)):
         p = Path(extra)
         dirs.append(p / sub if (p / sub).is_dir() else p)
@@ -56,13 +62,19 @@ class Registry(Generic[T]):
         self.errors: dict[str, str] = {}
 
     # discovery -------------------------------------------------------------------------------
-    def _load_file(self, path: Path, found: dict[str, type]) -> None:
-        modname = f"sesamo_bench_plugins.{self.folder}.{path.stem}"
+    def _load_file(self, path: Path, found: dict[str, type], *, builtin: bool = False) -> None:
+        if builtin:  # an installed module: imported by its name, so its classes pickle
+            modname = f"{__package__}.{self.folder}.{path.stem}"
+        else:
+            modname = f"sesamo_bench_plugins.{self.folder}.{path.stem}"
         try:
-            spec = importlib.util.spec_from_file_location(modname, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[modname] = module
-            spec.loader.exec_module(module)
+            if builtin:
+                module = importlib.import_module(modname)
+            else:
+                spec = importlib.util.spec_from_file_location(modname, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[modname] = module
+                spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not raised
             sys.modules.pop(modname, None)
             last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
@@ -79,10 +91,11 @@ class Registry(Generic[T]):
     def _discover(self) -> dict[str, type]:
         found: dict[str, type] = {}
         self.errors = {}
+        builtin = builtin_dir(self.folder)
         for d in plugin_dirs(self.folder):
             for path in sorted(d.glob("*.py")):
                 if not path.name.startswith("_"):
-                    self._load_file(path, found)
+                    self._load_file(path, found, builtin=d == builtin)
         for ep in entry_points(group=self.group):
             try:
                 obj = ep.load()

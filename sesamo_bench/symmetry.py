@@ -123,10 +123,14 @@ class Symmetry(nn.Module):
     Class attributes:
         name: registry name.
         finite: whether the group is finite (canonicalization needs a finite group).
+        examples: small ``(shape, parameters)`` configurations the contract tests run (group
+            laws, canonical cell, modulation bijectivity, normalised densities of every method);
+            empty: the tests derive them (:func:`examples`).
     """
 
     name: ClassVar[str] = ""
     finite: ClassVar[bool] = True
+    examples: ClassVar[list[tuple[tuple[int, ...], dict[str, Any]]]] = []
     modulation: Modulation
     broken: bool = False
 
@@ -241,3 +245,23 @@ def subset_mask(indices: list[int] | tuple[int, ...], shape: tuple[int, ...], wh
             raise IncompatibleError(f"{what}: component index {i} outside a field of {dim} components")
         mask[i] = True
     return mask
+
+
+#: field shapes tried, in order, for a symmetry that declares no examples
+EXAMPLE_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (2, 2), (4,), (1,))
+
+
+def examples(cls: type[Symmetry]) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
+    r"""The small configurations on which a symmetry plugin is tested: its declared
+    :attr:`Symmetry.examples`, else the first of :data:`EXAMPLE_SHAPES` it binds to, exact and
+    broken (every plugin accepts ``broken``).
+    """
+    if cls.examples:
+        return [(tuple(shape), dict(params)) for shape, params in cls.examples]
+    for shape in EXAMPLE_SHAPES:
+        try:
+            cls().bind(shape)
+        except Exception:  # noqa: BLE001 - a shape it cannot act on; try the next
+            continue
+        return [(shape, {"broken": False}), (shape, {"broken": True})]
+    return []

@@ -29,9 +29,12 @@ class Target:
             hyperparameters (keys of :class:`sesamo_bench.config.RunConfig`), with an optional
             ``"methods": {method: {key: value}}`` table of per-method overrides.
         dtype: ``torch.float64`` where the physics needs double precision, else ``None``.
+        examples: small parameter sets the contract tests run (action, gradients, symmetries,
+            presets, the exact ln Z against importance sampling); empty: the defaults alone.
     """
 
     name: ClassVar[str] = ""
+    examples: ClassVar[list[dict[str, Any]]] = []
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     dtype: ClassVar[torch.dtype | None] = None
 

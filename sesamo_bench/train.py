@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,9 @@ from .config import RunConfig
 from .errors import ConfigError, DivergedError, IncompatibleError
 from .flows import MLP
 from .loss import log_weights, penalty, self_reparametrized_kl
+from .architecture import target_domain
 from .methods import Method, method_class
+from .symmetry import Symmetry
 from .target import Target
 
 
@@ -71,9 +73,9 @@ def build_target(cfg: RunConfig) -> Target:
 
 
 def build_symmetry(cfg: RunConfig, target: Target):
-    name, params = target.symmetry()
-    name = cfg.symmetry or name
-    params = {**params, **cfg.symmetry_params} if name == target.symmetry()[0] else dict(cfg.symmetry_params)
+    default = method_class(cfg.method).symmetry_for(target)
+    name = cfg.symmetry or default[0]
+    params = {**default[1], **cfg.symmetry_params} if name == default[0] else dict(cfg.symmetry_params)
     sym = plugins.symmetries.create(name, params, table=f"symmetry '{name}'")
     return sym.bind(target.shape)
 
@@ -99,21 +101,15 @@ def check_exact(sym, target: Target, *, n: int = 64, dtype=torch.float64, seed: 
         )
 
 
-def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
-    """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
-    target = build_target(cfg)
+def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
+    r"""The method ``cfg.method`` for ``target`` (with the bound symmetry ``sym``), from the
+    architecture, prior, device and dtypes of ``cfg``. Draws its initial weights from torch's global
+    generator, and touches no other process state.
+    """
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    if device.type == "cpu":
-        kernels.keep_freed_memory()
-    sym = None
-    if mcls.needs_symmetry or cfg.symmetry:
-        sym = build_symmetry(cfg, target)
-        check_exact(sym, target)
-    lattice = getattr(target, "lattice", None)
-    lattice_axes = len(lattice) if isinstance(lattice, tuple) and tuple(target.shape[:len(lattice)]) == lattice else 0
-    kwargs = dict(flow=cfg.flow_spec(), lattice=lattice_axes, prior_mean=cfg.prior_mean, prior_var=cfg.prior_var,
-                  kernels=cfg.kernels)
+    kwargs = dict(flow=cfg.flow_spec(), lattice=target_domain(target).lattice, prior_mean=cfg.prior_mean, prior_var=cfg.prior_var,
+                  kernels=cfg.kernels, **mcls.options(cfg))
     try:
         model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -126,7 +122,19 @@ def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
         for m in model.modules():
             if isinstance(m, MLP):
                 m.to(dtype=mlp_dtype)
-    return target, model, device, dtype
+    return model
+
+
+def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
+    """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
+    target = build_target(cfg)
+    mcls = method_class(cfg.method)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
+    sym = None
+    if mcls.needs_symmetry or cfg.symmetry:
+        sym = build_symmetry(cfg, target)
+        check_exact(sym, target)
+    return target, build_model(cfg, target, sym), device, dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,11 +204,12 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)
     samples: Tensor | None = None
     sample_log_w: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         keys = ("ess", "log_z", "log_z_err", "ess_path", "outside_cell", "breaking_ratio",
                 "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, **self.info}
 
 
 def param_groups(model: Method, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -247,7 +256,7 @@ class Trainer:
         log_w = log_weights(self.target.log_prob(s.x), s.log_q)
         pen = (penalty(model.symmetry.penalty_fn(s.cell), a=cfg.penalty_a, b=cfg.penalty_b)
                if s.cell is not None else None)
-        return self_reparametrized_kl(log_w, pen, gamma=cfg.gamma)
+        return self_reparametrized_kl(log_w, pen, gamma=cfg.gamma, log_v=s.log_v)
 
     def step(self, step: int) -> float:
         """One optimisation step; returns the loss. Raises :class:`DivergedError` on NaN/Inf."""
@@ -288,34 +297,53 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = False,
-          callback: Callable[[dict[str, float]], None] | None = None,
-          should_stop: Callable[[], bool] | None = None,
-          progress: Callable[[int, float], None] | None = None) -> Result:
-    r"""Train one run to completion and evaluate it.
+@dataclass
+class Fit:
+    """What :func:`fit` leaves: the last step, the training wall time, the history, the optimizer."""
+
+    steps: int
+    wall_s: float
+    history: list[dict[str, float]]
+    trainer: Trainer
+
+
+def fit(model: Method, target: Target, settings: RunConfig, *,
+        callbacks: Sequence[Callable[[dict[str, float]], None]] = (),
+        progress: Callable[[int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint: Path | None = None, state: dict[str, Any] | None = None) -> Fit:
+    r"""Train ``model`` on ``target`` for ``settings.steps`` steps (the library's training loop).
+
+    Touches no process-wide state but torch's global random generator, which sampling draws from
+    (seed it first with :func:`torch.manual_seed` for reproducible numbers); thread count, seeding
+    and the allocator are the caller's (the command line's workers set them, :func:`train`).
 
     Arguments:
-        cfg: the run.
-        checkpoint: file for the training state (written every ``checkpoint_every`` steps, on
-            interruption and at the end); ``None`` disables checkpoints.
-        resume: continue from ``checkpoint`` if it exists.
-        callback: called with each history row (step, loss, ess, lr, wall_s, ...).
+        model: a :class:`~sesamo_bench.methods.Method` (on its device and dtype).
+        target: the target it samples.
+        settings: the training hyperparameters (a :class:`~sesamo_bench.config.RunConfig`; see
+            :func:`sesamo_bench.preset`).
+        callbacks: called with each history row (``step``, ``loss``, ``ess``, ``log_z``, ``lr``,
+            ``wall_s``, ``breaking_ratio`` where defined), every ``eval_every`` steps.
+        progress: called after every step with ``(step, loss)``.
         should_stop: polled every step; when it returns True a checkpoint is written and
             :class:`Interrupted` is raised.
-        progress: called after every step with ``(step, loss)`` (for progress bars).
+        checkpoint: file for the training state (written every ``checkpoint_every`` steps, on
+            interruption and at the end); ``None`` disables checkpoints.
+        state: a checkpoint's contents to continue from.
+
+    Returns:
+        A :class:`Fit`.
 
     Raises:
         DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    _seed_all(cfg.seed)
-    target, model, device, dtype = build(cfg)
+    cfg = settings
+    device = next(model.parameters()).device
     trainer = Trainer(cfg, model, target, device)
     history: list[dict[str, float]] = []
     start_step, wall_before = 0, 0.0
-    if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         trainer.load_state_dict(state)
         history = state["history"]
@@ -349,7 +377,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
             if br is not None:
                 row["breaking_ratio"] = br
             history.append(row)
-            if callback is not None:
+            for callback in callbacks:
                 callback(row)
         if checkpoint is not None and step % cfg.checkpoint_every == 0:
             _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
@@ -360,16 +388,50 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     train_wall = time.perf_counter() - t0
     if checkpoint is not None:
         _save_checkpoint(checkpoint, snapshot(step, train_wall))
+    return Fit(step, train_wall, history, trainer)
+
+
+def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = False,
+          callback: Callable[[dict[str, float]], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          progress: Callable[[int, float], None] | None = None) -> Result:
+    r"""Train one run of the benchmark to completion and evaluate it (what a worker runs).
+
+    Sets the run's process policy first: its thread count (``cfg.threads``), the global seed and,
+    on a CPU, glibc's memory retention; then :func:`build`, :func:`fit` and :func:`evaluate`.
+
+    Arguments:
+        cfg: the run.
+        checkpoint: file for the training state; ``None`` disables checkpoints.
+        resume: continue from ``checkpoint`` if it exists.
+        callback: called with each history row (step, loss, ess, lr, wall_s, ...).
+        should_stop: polled every step (see :func:`fit`).
+        progress: called after every step with ``(step, loss)`` (for progress bars).
+
+    Raises:
+        DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_all(cfg.seed)
+    target, model, device, dtype = build(cfg)
+    if device.type == "cpu":
+        kernels.keep_freed_memory()
+    state = None
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    done = fit(model, target, cfg, callbacks=[callback] if callback is not None else [], progress=progress,
+               should_stop=should_stop, checkpoint=checkpoint, state=state)
     ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples)
     if not math.isfinite(ev.ess):
-        raise DivergedError(step, "log-weights")
+        raise DivergedError(done.steps, "log-weights")
     return Result(
-        config=cfg, status="finished", steps=step, wall_s=train_wall,
+        config=cfg, status="finished", steps=done.steps, wall_s=done.wall_s,
         ess=ev.ess, log_z=ev.log_z, log_z_err=ev.log_z_err, ess_path=ev.ess_path, outside_cell=ev.outside_cell,
         breaking_ratio=model.breaking_ratio(),
         breaking_ratio_exact=target.breaking_ratio(),
         probabilities=model.probabilities(),
         probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
         log_z_exact=target.log_z(), device=str(device), dtype=str(dtype).replace("torch.", ""),
-        history=history, samples=ev.x, sample_log_w=ev.log_w,
+        history=done.history, samples=ev.x, sample_log_w=ev.log_w, info=model.info(),
     )

@@ -60,6 +60,8 @@ class U1(Symmetry):
     """
 
     name = "u1"
+    examples = [((1, 2), {}), ((1, 2), {"broken": True, "bins": 4}), ((2, 2), {}),
+                ((2, 2), {"broken": True, "bins": 4})]
     finite = False
 
     def __init__(self, *, broken: bool = False, bins: int = 8):

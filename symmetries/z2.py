@@ -21,6 +21,7 @@ class Z2(Symmetry):
     """
 
     name = "z2"
+    examples = [((3,), {}), ((1,), {"broken": True}), ((2,), {}), ((3,), {"flip": [0, 2]})]
     finite = True
 
     def __init__(self, *, broken: bool = False, flip: list[int] = []):  # noqa: B006 - schema default

@@ -45,6 +45,7 @@ class Z2xZ2(Symmetry):
     """
 
     name = "z2xz2"
+    examples = [((2,), {}), ((2,), {"broken": False})]
     finite = True
 
     def __init__(self, *, broken: bool = True, flip: list[int] = [0]):  # noqa: B006

@@ -25,6 +25,8 @@ class ZM(Symmetry):
     """
 
     name = "zm"
+    examples = [((2,), {"m": 3}), ((2,), {"m": 8, "broken": True}), ((2,), {"m": 2}),
+                ((2,), {"m": 4, "broken": True})]
     finite = True
 
     def __init__(self, *, m: int = 8, broken: bool = False):

@@ -43,6 +43,7 @@ class GaussianMixture(Target):
     """
 
     name = "gaussian-mixture"
+    examples = [{}, {"n": 5, "radius": 3.0}, {"b": 0.3}]
     dtype = None
 
     presets = {

@@ -104,6 +104,7 @@ class Hubbard(Target):
     """
 
     name = "hubbard"
+    examples = [{}, {"sites": 4, "nt": 2, "beta": 2.0}, {"sites": 3, "nt": 1}]
     dtype = torch.float64
 
     # float64 for the physics (reference notes): samples, coupling transforms, ln q and the

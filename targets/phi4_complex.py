@@ -36,6 +36,7 @@ class Phi4Complex(Target):
     """
 
     name = "phi4-complex"
+    examples = [{"shape": [3, 4]}, {"shape": [3, 4], "alpha": 0.2}]
     dtype = None
 
     presets = {

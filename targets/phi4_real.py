@@ -57,6 +57,7 @@ class Phi4Real(Target):
     """
 
     name = "phi4-real"
+    examples = [{"shape": [3, 4]}, {"shape": [3, 4], "alpha": 0.2}]
     dtype = None
 
     presets = {

@@ -6,28 +6,26 @@ import torch
 
 from sesamo_bench import plugins
 from sesamo_bench.methods import METHODS
+from sesamo_bench.symmetry import examples
 
-#: a field shape each built-in symmetry acts on, and a parameter set per variant
-SHAPES = {"z2": (3,), "zm": (2,), "z2xz2": (2,), "u1": (2, 2)}
-VARIANTS = {
-    "z2": [{}, {"broken": True}, {"flip": [0, 2]}],
-    "zm": [{"m": 3}, {"m": 8, "broken": True}, {"m": 2}],
-    "z2xz2": [{}, {"broken": False}],
-    "u1": [{}, {"broken": True, "bins": 4}],
-}
+
+def symmetry_examples() -> list[tuple[str, tuple[int, ...], dict]]:
+    """``(name, shape, params)`` of every discovered symmetry plugin's examples (declared by the
+    plugin or derived), so a dropped-in symmetry gets every contract test."""
+    return [(name, shape, params) for name in plugins.symmetries.names()
+            for shape, params in examples(plugins.symmetries.get(name))]
+
+
+def example_id(case: tuple) -> str:
+    return "-".join(str(c).replace(" ", "") for c in case if c not in (None, {}))
 
 
 def shape_for(name: str) -> tuple[int, ...]:
-    """A shape the symmetry acts on: built-ins have one listed; plugins get (2,) or (2, 2)."""
-    if name in SHAPES:
-        return SHAPES[name]
-    for shape in [(2,), (2, 2), (4,)]:
-        try:
-            plugins.symmetries.create(name, {}).bind(shape)
-            return shape
-        except Exception:  # noqa: BLE001
-            continue
-    raise RuntimeError(f"no test shape for symmetry {name}")
+    """The shape of the first example of a symmetry plugin."""
+    cases = examples(plugins.symmetries.get(name))
+    if not cases:
+        raise RuntimeError(f"no test shape for symmetry {name}")
+    return cases[0][0]
 
 
 def bound(name: str, params: dict | None = None, shape: tuple[int, ...] | None = None):

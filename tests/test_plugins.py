@@ -93,3 +93,80 @@ def test_every_preset_builds(name, method):
         with torch.no_grad():
             s = model.sample(4)
         assert s.x.shape == (4, *target.shape)
+
+
+SWAP = '''
+import torch
+from sesamo_bench.symmetry import Bernoulli, Symmetry
+
+
+class Swap(Symmetry):
+    """Z2 exchanging the two components of a 2-vector; cell x1 >= x2."""
+
+    name = "swap-test"
+
+    def __init__(self, *, broken: bool = False):
+        super().__init__()
+        self.broken = bool(broken)
+        self.modulation = Bernoulli(learnable=self.broken)
+
+    @property
+    def order(self):
+        return 2
+
+    def act(self, x, u):
+        return torch.where(u.bool()[:, None], x.flip(-1), x)
+
+    def compose(self, u, v):
+        return u ^ v
+
+    def inverse(self, u):
+        return u
+
+    def penalty_fn(self, x):
+        return x[:, 1] - x[:, 0]
+
+    def canonicalize(self, z):
+        u = (self.penalty_fn(z) > 0).long()
+        return self.act(z, u), u
+'''
+
+#: the same plugin with a bug a contract test must catch: it forgets one preimage of x
+FORGETFUL = SWAP.replace('name = "swap-test"', 'name = "forgetful-test"') + '''
+    def preimages(self, x):
+        return super().preimages(x)[:1]
+'''
+
+
+def _pytest_on_plugin(tmp_path, source: str, name: str) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "symmetries").mkdir()
+    (tmp_path / "symmetries" / f"{name}.py").write_text(source)
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "SESAMO_BENCH_PLUGINS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-k", name,
+         str(tests / "test_symmetries.py"), str(tests / "test_methods.py")],
+        cwd=tests.parent, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout
+
+
+def test_dropped_in_symmetry_gets_bijectivity_and_normalisation_tests(tmp_path):
+    """A symmetry file no test names is covered by the group-law, cell, bijectivity and
+    normalisation contracts of every method (examples derived from the plugin)."""
+    code, out = _pytest_on_plugin(tmp_path, SWAP, "swap-test")
+    assert code == 0, out
+    for test in ("test_group_laws[swap-test]", "test_modulation_is_bijective_on_the_cell[swap-test-(2,)",
+                 "test_density_integrates_to_one[sesamo-swap-test", "test_density_integrates_to_one[canonicalization"
+                 "-swap-test"):
+        assert f"PASSED tests/test_{'methods' if 'density' in test else 'symmetries'}.py::{test}" in out, test
+
+
+def test_contract_tests_catch_a_broken_dropped_in_symmetry(tmp_path):
+    code, out = _pytest_on_plugin(tmp_path, FORGETFUL, "forgetful-test")
+    assert code == 1
+    assert "FAILED tests/test_methods.py::test_density_integrates_to_one[sesamo-forgetful-test" in out

@@ -1,7 +1,8 @@
 """Group laws, canonical cells, penalties and modulation bijectivity for every symmetry plugin.
 
 Parametrised over the registry, so a symmetry file dropped into ``symmetries/`` is tested
-without writing a test (it only needs to act on a shape (2,), (2, 2) or (4,)).
+without writing a test: on the examples it declares (``Symmetry.examples``) or, without them, on
+the first shape of ``sesamo_bench.symmetry.EXAMPLE_SHAPES`` it acts on, exact and broken.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sesamo_bench import plugins
+from sesamo_bench.symmetry import examples
 from sesamo_bench.errors import ConfigError, IncompatibleError, UnknownNameError
 
-from .helpers import VARIANTS, bound
+from .helpers import bound, example_id, symmetry_examples
 
 NAMES = plugins.symmetries.names()
 
@@ -69,13 +71,13 @@ def test_canonicalize_lands_in_cell(name, seed):
     torch.testing.assert_close(sym.act(zc, u), z)
 
 
-@pytest.mark.parametrize("name,params", [(n, p) for n, ps in VARIANTS.items() for p in ps])
+@pytest.mark.parametrize("name,shape,params", symmetry_examples(), ids=[example_id(c) for c in symmetry_examples()])
 @given(seed=st.integers(0, 2**31 - 1))
-def test_modulation_is_bijective_on_the_cell(name, params, seed):
+def test_modulation_is_bijective_on_the_cell(name, shape, params, seed):
     """Points inside the cell sent by different group elements land in disjoint cells: the only
     element u with T_u^{-1} x back in the cell is the one that produced x."""
     torch.manual_seed(seed)
-    sym = bound(name, params)
+    sym = bound(name, params, shape)
     y, _ = sym.canonicalize(torch.randn(64, *sym.shape))
     keep = sym.penalty_fn(y) < -1e-6  # strictly inside
     y = y[keep]
@@ -114,8 +116,8 @@ def test_penalty_sign_convention(name):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "u1"])
 def test_modulation_probabilities_normalised(name):
-    for params in VARIANTS.get(name, [{}]):
-        sym = bound(name, params)
+    for shape, params in examples(plugins.symmetries.get(name)):
+        sym = bound(name, params, shape)
         p = torch.tensor(sym.probabilities())
         assert len(p) == sym.order
         torch.testing.assert_close(p.sum(), torch.tensor(1.0))
