@@ -96,6 +96,8 @@ class Architecture(nn.Module):
         domains: the domain kinds accepted, ``"flat"`` and/or ``"lattice"``.
         equivariance: groups g commutes with (``"translation"``, ``"u1"``, ...).
         near_identity: whether a fresh flow is the identity.
+        run_fields: the architecture takes the run configuration's ``couplings``,
+            ``hidden_layers``, ``width``, ``activation`` and ``scale_bound`` (as ``realnvp`` does).
     """
 
     name: ClassVar[str] = ""
@@ -103,6 +105,7 @@ class Architecture(nn.Module):
     domains: ClassVar[tuple[str, ...]] = ("flat", "lattice")
     equivariance: ClassVar[tuple[str, ...]] = ()
     near_identity: ClassVar[bool] = True
+    run_fields: ClassVar[bool] = False
     domain: Domain
     dim: int
 
@@ -125,6 +128,13 @@ class Architecture(nn.Module):
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
         """z = g^{-1}(x) and ln|det dg^{-1}/dx|."""
         raise NotImplementedError
+
+
+def target_domain(target: Any) -> Domain:
+    """The domain of a target's field: its shape, with its periodic lattice axes (``Target.lattice``)."""
+    lattice = getattr(target, "lattice", None)
+    axes = len(lattice) if isinstance(lattice, tuple) and tuple(target.shape[: len(lattice)]) == lattice else 0
+    return Domain(tuple(target.shape), lattice=axes)
 
 
 def schema(cls: type) -> dict[str, Any]:

@@ -83,6 +83,8 @@ class RunConfig:
     # the flow's architecture (sesamo_bench.architecture); realnvp takes the fields above
     flow: str = "realnvp"
     flow_params: dict[str, Any] = field(default_factory=dict)
+    # the number of flows of a mixture (method vmonf)
+    components: int = 4
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}
@@ -91,8 +93,11 @@ class RunConfig:
         """The :class:`~sesamo_bench.architecture.FlowSpec` of this run."""
         from .architecture import FlowSpec
 
-        params = {**self.arch(), **self.flow_params} if self.flow == DEFAULT_FLOW else dict(self.flow_params)
-        return FlowSpec(self.flow, params, kernels=self.kernels)
+        spec = FlowSpec(self.flow, {}, kernels=self.kernels)
+        # realnvp (and architectures that declare run_fields) take the run's couplings, width, ...
+        fields = self.flow == DEFAULT_FLOW or getattr(spec.cls, "run_fields", False)
+        spec.params = {**self.arch(), **self.flow_params} if fields else dict(self.flow_params)
+        return spec
 
     def flow_label(self) -> str:
         """``realnvp`` or ``name(key=value,...)`` of the non-default architecture parameters."""
@@ -128,7 +133,7 @@ RANGES: dict[str, tuple[float, bool, float | None]] = {
     "lr_min": (0, True, None), "grad_clip": (0, True, None), "eval_every": (1, True, None),
     "eval_samples": (2, True, None), "final_samples": (2, True, None), "save_samples": (0, True, None),
     "checkpoint_every": (1, True, None), "threads": (0, True, None), "couplings": (1, True, None),
-    "hidden_layers": (0, True, None),
+    "hidden_layers": (0, True, None), "components": (1, True, 64),
     "width": (1, True, None), "scale_bound": (0, False, None), "prior_var": (0, False, None),
 }
 
@@ -223,6 +228,14 @@ def resolve(target: str, method: str, *, seed: int = 0, preset: str = "quick",
     tparams.update(t2)
     sparams.update(s2)
     values["flow_params"] = flow_params
+    mcls = method_class(method)
+    if mcls.chooses_flow and "flow" not in {**hyper, **h2}:
+        # a method that needs a particular kind of flow (an equivariant one) picks it unless the
+        # user named one; the preset's parameters of another architecture do not apply to it
+        current = values.get("flow", DEFAULT_FLOW)
+        chosen = mcls.default_flow(plugins.targets.create(target, tparams, table=f"target '{target}'"), current)
+        if chosen != current:
+            values["flow"], values["flow_params"] = chosen, {}
     _resolve_flow(values, where="--set")
     return RunConfig(target=target, method=method, seed=seed, preset=preset, target_params=tparams,
                      symmetry_params=sparams, **values)

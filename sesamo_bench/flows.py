@@ -122,7 +122,10 @@ def bounded(raw: Tensor, bound: float) -> Tensor:
     The same function; PyTorch's CPU ``sigmoid`` is about ten times faster than its ``tanh``
     (vectorised differently), and the absolute error is a few float eps of c.
     """
-    return torch.sigmoid(raw * (2.0 / bound)).mul_(2.0 * bound).sub_(bound)
+    s = torch.sigmoid(raw * (2.0 / bound))
+    if s.requires_grad:  # sigmoid's backward needs its output: no in-place update under autograd
+        return s * (2.0 * bound) - bound
+    return s.mul_(2.0 * bound).sub_(bound)
 
 
 class _BoundedAffine(torch.autograd.Function):
@@ -192,6 +195,9 @@ class RealNVP(nn.Module):
         True
     """
 
+    #: the coupling class (a subclass may change the conditioner, e.g. odd networks)
+    coupling: type[AffineCoupling] = AffineCoupling
+
     def __init__(self, dim: int, *, shape: tuple[int, ...] | None = None, couplings: int = 6,
                  hidden_layers: int = 4, width: int = 40, activation: str = "relu",
                  scale_bound: float = 3.0, kernels: str = "auto"):
@@ -211,7 +217,7 @@ class RealNVP(nn.Module):
             n_cond, n_out = (self.na, self.nb) if k % 2 == 0 else (self.nb, self.na)
             if n_out == 0:
                 n_cond, n_out = 0, n_cond
-            self.layers.append(AffineCoupling(n_cond, n_out, hidden_layers=hidden_layers, width=width,
+            self.layers.append(self.coupling(n_cond, n_out, hidden_layers=hidden_layers, width=width,
                                               activation=activation, scale_bound=scale_bound, kernels=kernels))
 
     def _check(self, x: Tensor) -> None:

@@ -18,16 +18,28 @@ def log_weights(log_p: Tensor, log_q: Tensor) -> Tensor:
     return log_p - log_q
 
 
-def self_reparametrized_kl(log_w: Tensor, pen: Tensor | None = None, *, gamma: float = 0.5) -> Tensor:
+def self_reparametrized_kl(log_w: Tensor, pen: Tensor | None = None, *, gamma: float = 0.5,
+                           log_v: Tensor | None = None) -> Tensor:
     r"""Monte-Carlo estimate of paper Eq. (18).
 
     mean_i[-ln w_i + Lambda_i] + gamma (ln sum_j w_j - ln N); gamma = 0 is the reverse KL (ELBO).
+    With sample weights v (a stratified draw, e.g. a mixture's components in fixed shares) every
+    mean becomes the v-weighted one: mean_i v_i (-ln w_i + Lambda_i) + gamma ln mean_j v_j w_j.
 
     Arguments:
         log_w: log importance weights ``(N,)``.
         pen: penalty values ``(N,)`` or ``None``.
         gamma: weight of the ln Z-hat term, in [0, 1].
+        log_v: ln of the sample weights ``(N,)`` (mean 1 over a batch), or ``None``.
     """
+    if log_v is not None:
+        v = log_v.exp()
+        loss = -(v * log_w).mean()
+        if pen is not None:
+            loss = loss + (v * pen).mean()
+        if gamma:
+            loss = loss + gamma * (torch.logsumexp(log_w + log_v, 0) - math.log(log_w.shape[0]))
+        return loss
     loss = -log_w.mean()
     if pen is not None:
         loss = loss + pen.mean()

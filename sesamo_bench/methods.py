@@ -35,12 +35,15 @@ class Sample:
         log_q: ln q(x) along the sampling path ``(N,)``.
         cell: the points the penalty is applied to ``(N, *shape)`` (``None`` without a cell).
         u: group elements ``(N,)`` (``None`` for the naive flow).
+        log_v: ln of the sample weights of a stratified draw (the training objective weighs the
+            samples by them; ``None``: the samples are draws of q itself).
     """
 
     x: Tensor
     log_q: Tensor
     cell: Tensor | None = None
     u: Tensor | None = None
+    log_v: Tensor | None = None
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -94,6 +97,27 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     needs_symmetry: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    #: the method picks its architecture unless the user names one (:meth:`default_flow`)
+    chooses_flow: ClassVar[bool] = False
+
+    @classmethod
+    def symmetry_for(cls, target: Any) -> tuple[str, dict[str, Any]]:
+        """The symmetry (registry name, parameters) the method uses on ``target``: its declared one."""
+        return target.symmetry()
+
+    @classmethod
+    def default_flow(cls, target: Any, current: str) -> str:
+        """The architecture name to use on ``target`` when the user named none (``current``: the preset's)."""
+        return current
+
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        """Constructor keyword arguments of the method taken from the run configuration."""
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        """What the trained model says about itself, stored with the run's metrics."""
+        return {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -303,3 +327,6 @@ def method_class(name: str) -> type[Method]:
         return METHODS[name]
     except KeyError:
         raise UnknownNameError("method", name, list(METHODS)) from None
+
+
+from . import equivariant as _equivariant, vmonf as _vmonf  # noqa: E402,F401 - register the other methods

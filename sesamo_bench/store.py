@@ -48,7 +48,7 @@ JSON_COLUMNS = ("params", "config", "provenance", "metrics", "history")
 EXECUTION_ONLY = ("device", "threads", "compile", "kernels")
 #: fields added after the first release, omitted from the run id at these values (their behaviour
 #: before the field existed), so earlier stores keep their ids
-LATER_FIELDS = {"mlp_dtype": "auto", "flow": "realnvp", "flow_params": {}}
+LATER_FIELDS = {"mlp_dtype": "auto", "flow": "realnvp", "flow_params": {}, "components": 4}
 
 
 def run_id(config: dict[str, Any], benchmark: str | None = None) -> str:

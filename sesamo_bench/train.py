@@ -28,6 +28,7 @@ from .config import RunConfig
 from .errors import ConfigError, DivergedError, IncompatibleError
 from .flows import MLP
 from .loss import log_weights, penalty, self_reparametrized_kl
+from .architecture import target_domain
 from .methods import Method, method_class
 from .symmetry import Symmetry
 from .target import Target
@@ -77,9 +78,9 @@ def build_target(cfg: RunConfig) -> Target:
 
 
 def build_symmetry(cfg: RunConfig, target: Target):
-    name, params = target.symmetry()
-    name = cfg.symmetry or name
-    params = {**params, **cfg.symmetry_params} if name == target.symmetry()[0] else dict(cfg.symmetry_params)
+    default = method_class(cfg.method).symmetry_for(target)
+    name = cfg.symmetry or default[0]
+    params = {**default[1], **cfg.symmetry_params} if name == default[0] else dict(cfg.symmetry_params)
     sym = plugins.symmetries.create(name, params, table=f"symmetry '{name}'")
     return sym.bind(target.shape)
 
@@ -167,10 +168,8 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
     """
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    lattice = getattr(target, "lattice", None)
-    lattice_axes = len(lattice) if isinstance(lattice, tuple) and tuple(target.shape[:len(lattice)]) == lattice else 0
-    kwargs = dict(flow=cfg.flow_spec(), lattice=lattice_axes, prior_mean=cfg.prior_mean, prior_var=cfg.prior_var,
-                  kernels=cfg.kernels)
+    kwargs = dict(flow=cfg.flow_spec(), lattice=target_domain(target).lattice, prior_mean=cfg.prior_mean,
+                  prior_var=cfg.prior_var, kernels=cfg.kernels, **mcls.options(cfg))
     try:
         model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -337,11 +336,12 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)
     samples: Tensor | None = None
     sample_log_w: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         keys = ("ess", "log_z", "log_z_err", "ess_path", "outside_cell", "breaking_ratio",
                 "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact", *EXTRA_METRICS)
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, **self.info}
 
 
 #: metrics added after the first release (also ``run --json`` fields)
@@ -394,7 +394,7 @@ class Trainer:
         log_w = log_weights(self.target.log_prob(s.x), s.log_q)
         pen = (penalty(model.symmetry.penalty_fn(s.cell), a=cfg.penalty_a, b=cfg.penalty_b)
                if s.cell is not None else None)
-        return self_reparametrized_kl(log_w, pen, gamma=cfg.gamma)
+        return self_reparametrized_kl(log_w, pen, gamma=cfg.gamma, log_v=s.log_v)
 
     def step(self, step: int) -> float:
         """One optimisation step; returns the loss. Raises :class:`DivergedError` on NaN/Inf."""
@@ -663,5 +663,5 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         breaking_ratio_is=ev.breaking_ratio_is, breaking_ratio_is_err=ev.breaking_ratio_is_err,
         breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup,
         device=str(device), dtype=str(dtype).replace("torch.", ""),
-        history=done.history, samples=ev.x, sample_log_w=ev.log_w,
+        history=done.history, samples=ev.x, sample_log_w=ev.log_w, info=model.info(),
     )

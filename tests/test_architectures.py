@@ -156,6 +156,9 @@ PROBLEMS = [
     ("sesamo", "z2", {"broken": True}, (2, 2), 2),
     ("sesamo", "u1", {}, (2, 2, 2), 2),
     ("sesamo", "u1", {"broken": True, "bins": 4}, (2, 2, 2), 2),
+    ("equivariant", "z2", {}, (2, 2), 2),
+    ("equivariant", "u1", {}, (2, 2, 2), 2),
+    ("vmonf", None, {}, (2, 2), 2),
 ]
 
 
