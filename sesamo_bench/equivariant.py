@@ -20,11 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 from .architecture import FlowSpec, target_domain
 from .errors import IncompatibleError
-from .methods import Method, Sample
+from .methods import NaiveRealNVP
 
 
 def architectures_for(group: str, target: Any | None = None) -> list[str]:
@@ -42,10 +40,15 @@ def architectures_for(group: str, target: Any | None = None) -> list[str]:
     return names
 
 
-class Equivariant(Method):
-    r"""x = g(z), z ~ N(0, sigma^2), g equivariant under the enforced group: ln q is invariant."""
+class Equivariant(NaiveRealNVP):
+    r"""x = g(z), z ~ N(0, sigma^2), g equivariant under the enforced group: ln q is invariant.
+
+    Samples and density are those of the plain flow (:class:`~sesamo_bench.methods.NaiveRealNVP`);
+    what differs is the flow (an equivariant architecture) and the invariant prior.
+    """
 
     name = "equivariant"
+    needs_symmetry = True
     description = ("invariant prior through a G-equivariant flow (Koehler et al. 2020); no cell; z2 (odd "
                    "networks) and u1 (lattice-u1); zm has no equivariant architecture here")
     chooses_flow = True
@@ -84,15 +87,6 @@ class Equivariant(Method):
         if kw.get("prior_mean", 0.0) != 0.0:
             raise IncompatibleError("equivariant needs an invariant prior: prior_mean must be 0")
         super().__init__(shape, symmetry, **kw)
-
-    def sample(self, n: int) -> Sample:
-        z = self.prior.sample(n)
-        x, ladj = self.flow(z)
-        return Sample(self._field(x), self.prior.log_prob(z) - ladj)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        z, ladj = self.flow.inverse(x.reshape(x.shape[0], -1))
-        return self.prior.log_prob(z) + ladj
 
     def info(self) -> dict[str, Any]:
         return {"enforced_symmetry": self.symmetry.name, "target_respects_it": not self.symmetry.broken}

@@ -79,22 +79,15 @@ def quadrant_log_masses(u_tilde: float, kappa_tilde: float) -> tuple[float, floa
     Returns:
         the four log masses, in the z2xz2 element order u = 2 s + g.
     """
-    c = math.cosh(kappa_tilde)
-    # 4 h^2 = 2 (1 + c^2) + e^{x1+x2} + e^{-x1-x2} + 2c (e^{x1} + e^{-x1} + e^{x2} + e^{-x2})
-    #         + c^2 (e^{x1-x2} + e^{x2-x1})
-    terms = [(2 * (1 + c * c), 0, 0), (1.0, 1, 1), (1.0, -1, -1),
-             (2 * c, 1, 0), (2 * c, -1, 0), (2 * c, 0, 1), (2 * c, 0, -1),
-             (c * c, 1, -1), (c * c, -1, 1)]
-    w = np.array([t[0] for t in terms])
-    a = np.array([t[1] for t in terms], dtype=float)
-    b = np.array([t[2] for t in terms], dtype=float)
+    log_mix, a, b = mixture_terms(u_tilde, kappa_tilde)
+    log_w = log_mix - 0.5 * u_tilde * (a * a + b * b)  # ln w_i of the 4 h^2 expansion
 
     def log_g(v: np.ndarray) -> np.ndarray:
         return 0.5 * math.log(2 * math.pi * u_tilde) + 0.5 * u_tilde * v**2 + log_ndtr(v * math.sqrt(u_tilde))
 
     out = []
     for s1, s2 in ((1, 1), (-1, -1), (-1, 1), (1, -1)):
-        out.append(float(logsumexp(np.log(w) + log_g(s1 * a) + log_g(s2 * b))))
+        out.append(float(logsumexp(log_w + log_g(s1 * a) + log_g(s2 * b))))
     return tuple(out)
 
 
