@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sesamo_bench import plugins
@@ -47,3 +49,15 @@ def make_method(method: str, sym, shape, *, prior_mean: float = 0.0, prior_var: 
     m = METHODS[method](shape, sym, arch=arch, prior_mean=prior_mean, prior_var=prior_var).double()
     randomise(m.flow, scale=flow_scale, seed=seed)
     return m
+
+
+def importance_integral(model: torch.nn.Module, shape: tuple[int, ...], *, n: int, sigma: float,
+                        generator: torch.Generator | None = None) -> tuple[float, float]:
+    """E_r[q(x) / r(x)] and its standard error, r = N(0, sigma^2) on the field space: 1 for a
+    normalised density ``model.log_prob`` (importance sampling, independent of the model's sampler)."""
+    d = math.prod(shape)
+    x = sigma * torch.randn(n, *shape, generator=generator)
+    log_r = -0.5 * (x.reshape(n, -1) ** 2).sum(-1) / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
+    with torch.no_grad():
+        w = torch.exp(model.log_prob(x) - log_r)
+    return float(w.mean()), float(w.std() / math.sqrt(n))

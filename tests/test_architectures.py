@@ -24,7 +24,7 @@ from sesamo_bench.architecture import Domain, FlowSpec, schema
 from sesamo_bench.errors import IncompatibleError, InputOutsideDomain
 from sesamo_bench.methods import METHODS
 
-from .helpers import bound, randomise
+from .helpers import bound, importance_integral, randomise
 
 ARCHS = plugins.architectures.names()
 #: small domains; each architecture is tested on those it accepts
@@ -196,13 +196,7 @@ def test_every_method_accepts_some_architecture_on_every_problem():
 def test_density_integrates_to_one(method, sym_name, params, shape, lattice, arch):
     """E_r[q(x)/r(x)] = 1 with r a broad Gaussian on the whole field space."""
     m, _ = _method(method, sym_name, params, shape, lattice, arch)
-    n, sigma = 100_000, 2.5
-    d = math.prod(shape)
-    x = sigma * torch.randn(n, *shape)
-    log_r = -0.5 * (x.reshape(n, -1) ** 2).sum(-1) / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
-    with torch.no_grad():
-        w = torch.exp(m.log_prob(x) - log_r)
-    est, err = float(w.mean()), float(w.std() / math.sqrt(n))
+    est, err = importance_integral(m, shape, n=100_000, sigma=2.5)
     assert abs(est - 1.0) < 5 * err + 3e-3, (est, err)
 
 

@@ -22,7 +22,7 @@ from sesamo_bench.errors import IncompatibleError
 from sesamo_bench.methods import METHODS
 from sesamo_bench.symmetry import examples
 
-from .helpers import randomise
+from .helpers import importance_integral, randomise
 
 LATTICE_SHAPES = {1: [((4, 4), 2)], 2: [((2, 2, 2), 2), ((4, 2, 2), 2)]}
 
@@ -85,14 +85,7 @@ def test_flow_is_equivariant_and_density_invariant(arch, group, params, shape, l
                          ids=[i for p, i in zip(PAIRS, IDS) if math.prod(p[3]) <= 8])
 def test_equivariant_density_integrates_to_one(arch, group, params, shape, lattice):
     m, _ = _model(arch, group, params, shape, lattice, seed=1, scale=0.05)
-    n, sigma = 400_000, 2.5
-    d = math.prod(shape)
-    gen = torch.Generator().manual_seed(2)
-    x = sigma * torch.randn(n, *shape, generator=gen, dtype=torch.float64)
-    log_r = -0.5 * (x.reshape(n, -1) ** 2).sum(-1) / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
-    with torch.no_grad():
-        w = torch.exp(m.log_prob(x) - log_r)
-    est, err = float(w.mean()), float(w.std() / math.sqrt(n))
+    est, err = importance_integral(m, shape, n=400_000, sigma=2.5, generator=torch.Generator().manual_seed(2))
     assert abs(est - 1.0) < 5 * err + 3e-3, (est, err)
 
 

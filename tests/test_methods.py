@@ -14,7 +14,7 @@ from sesamo_bench.flows import RealNVP
 
 from sesamo_bench.methods import METHODS
 
-from .helpers import bound, example_id, make_method, randomise, symmetry_examples
+from .helpers import bound, example_id, importance_integral, make_method, randomise, symmetry_examples
 
 
 # --- flows ----------------------------------------------------------------------------------
@@ -88,13 +88,7 @@ def test_density_integrates_to_one(method, sym_name, params, shape):
     if sym is not None and sym.broken:
         randomise(sym.modulation, scale=0.8, seed=3)
     m = make_method(method, sym, shape, prior_mean=0.0 if method != "sesamo" else 0.7, seed=1)
-    n, sigma = 400_000, 3.0
-    d = math.prod(shape)
-    x = sigma * torch.randn(n, *shape)
-    log_r = -0.5 * (x.reshape(n, -1) ** 2).sum(-1) / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
-    with torch.no_grad():
-        w = torch.exp(m.log_prob(x) - log_r)
-    est, err = float(w.mean()), float(w.std() / math.sqrt(n))
+    est, err = importance_integral(m, shape, n=400_000, sigma=3.0)
     assert abs(est - 1.0) < 5 * err + 2e-3, (est, err)
 
 
