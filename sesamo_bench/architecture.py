@@ -49,6 +49,9 @@ class Domain:
         shape: the event shape; the flow sees flat ``(N, prod(shape))`` tensors.
         lattice: number of leading axes of ``shape`` that are periodic lattice axes
             (0: no lattice structure, a plain vector).
+        particles: ``(n, d)`` for ``n`` identical particles in ``d`` dimensions, stored in the
+            centre-of-mass-free coordinates of :mod:`sesamo_bench.particles` (shape
+            ``((n - 1) d,)``); ``None`` otherwise.
 
     Example:
         >>> d = Domain((8, 8, 2), lattice=2)
@@ -58,11 +61,17 @@ class Domain:
 
     shape: tuple[int, ...]
     lattice: int = 0
+    particles: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if not 0 <= self.lattice <= len(self.shape):
             raise ValueError(f"Domain: lattice={self.lattice} axes but shape {self.shape}")
+        if self.particles is not None:
+            n, d = (int(v) for v in self.particles)
+            object.__setattr__(self, "particles", (n, d))
+            if self.lattice or n < 2 or d < 1 or self.shape != ((n - 1) * d,):
+                raise ValueError(f"Domain: {n} particles in {d}-D need shape ({(n - 1) * d},), got {self.shape}")
 
     @property
     def dim(self) -> int:
@@ -78,9 +87,14 @@ class Domain:
 
     @property
     def kind(self) -> str:
+        if self.particles is not None:
+            return "particles"
         return "lattice" if self.lattice else "flat"
 
     def describe(self) -> str:
+        if self.particles is not None:
+            n, d = self.particles
+            return f"{n} identical particles in {d}-D (centre-of-mass-free coordinates, R^{self.dim})"
         if self.lattice:
             field_kind = {1: "real", 2: "complex"}.get(self.channels, f"{self.channels}-component")
             return f"a {field_kind} field on a periodic {'x'.join(map(str, self.sites))} lattice"
@@ -93,7 +107,7 @@ class Architecture(nn.Module):
     Class attributes:
         name: registry name (``--set flow=NAME``).
         description: one line for ``sesamo-bench list architectures``.
-        domains: the domain kinds accepted, ``"flat"`` and/or ``"lattice"``.
+        domains: the domain kinds accepted, ``"flat"``, ``"lattice"`` and/or ``"particles"``.
         equivariance: groups g commutes with (``"translation"``, ``"u1"``, ...).
         near_identity: whether a fresh flow is the identity.
         run_fields: the architecture takes the run configuration's ``couplings``,
@@ -102,7 +116,7 @@ class Architecture(nn.Module):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    domains: ClassVar[tuple[str, ...]] = ("flat", "lattice")
+    domains: ClassVar[tuple[str, ...]] = ("flat", "lattice", "particles")
     equivariance: ClassVar[tuple[str, ...]] = ()
     near_identity: ClassVar[bool] = True
     run_fields: ClassVar[bool] = False
@@ -131,7 +145,11 @@ class Architecture(nn.Module):
 
 
 def target_domain(target: Any) -> Domain:
-    """The domain of a target's field: its shape, with its periodic lattice axes (``Target.lattice``)."""
+    """The domain of a target's field: its shape, with its periodic lattice axes (``Target.lattice``)
+    or its particles (``Target.particles``)."""
+    particles = getattr(target, "particles", None)
+    if particles is not None:
+        return Domain(tuple(target.shape), particles=tuple(particles))
     lattice = getattr(target, "lattice", None)
     axes = len(lattice) if isinstance(lattice, tuple) and tuple(target.shape[: len(lattice)]) == lattice else 0
     return Domain(tuple(target.shape), lattice=axes)
