@@ -58,6 +58,29 @@ def hopping_matrix(lattice: tuple[int, int], kappa: float) -> np.ndarray:
     return a
 
 
+def free_min_eigenvalue(lattice: tuple[int, int], kappa: float) -> float:
+    r"""The smallest eigenvalue of A (:func:`hopping_matrix`) from the lattice momenta,
+    1 - 2 kappa (cos p_1 + cos p_2), p_mu = 2 pi k_mu / L_mu: the free field (lambda = 0) is
+    normalisable exactly when it is > 0.
+
+    Example:
+        >>> round(free_min_eigenvalue((8, 8), 0.2), 12), round(free_min_eigenvalue((8, 8), 0.3), 12)
+        (0.2, -0.2)
+    """
+    cos = [np.cos(2 * np.pi * np.arange(n) / n) for n in lattice]
+    return float((1 - 2 * kappa * (cos[0][:, None] + cos[1][None, :])).min())
+
+
+def check_normalisable(lattice: tuple[int, int], kappa: float, lam: float, who: str) -> None:
+    """Refuse lambda = 0 with a kappa for which exp(-f) has no finite integral (one-line ConfigError)."""
+    from .errors import ConfigError
+
+    if lam == 0 and free_min_eigenvalue(lattice, kappa) <= 0:
+        raise ConfigError(f"{who}: with lam = 0 the action is Gaussian and needs 1 - 2 kappa (cos p1 + cos p2) > 0 "
+                          f"at every lattice momentum (|kappa| < 1/4 on even lattices); kappa = {kappa} "
+                          f"has no normalisable density (use lam > 0 or a smaller |kappa|)")
+
+
 def free_field(lattice: tuple[int, int], kappa: float, alpha: float) -> dict[str, Any]:
     r"""The exact Gaussian (lambda = 0) real field: mean vector, covariance, A and ln Z.
 

@@ -6,8 +6,10 @@ Plugins come from three places, in this order (a later one with the same name wi
    installed as the sub-packages ``sesamo_bench.symmetries`` and ``sesamo_bench.targets`` (so a
    built-in class imports by module name, e.g. ``from sesamo_bench.targets.hubbard import
    Hubbard``, and pickles);
-2. folders named in the environment variable ``SESAMO_BENCH_PLUGINS`` (``os.pathsep``-separated;
-   each may hold ``symmetries/`` and ``targets/`` sub-folders);
+2. folders named in the environment variable ``SESAMO_BENCH_PLUGINS`` (``os.pathsep``-separated),
+   through their sub-folders ``symmetries/``, ``targets/`` and ``architectures/`` only: nothing
+   else in such a folder is executed, and a folder with none of them is reported (in
+   :attr:`Registry.errors`, shown by ``sesamo-bench list``) instead of searched;
 3. installed packages, through the entry-point groups ``sesamo_bench.symmetries`` and
    ``sesamo_bench.targets`` (each entry point names a class).
 
@@ -39,13 +41,32 @@ def builtin_dir(sub: str) -> Path:
     return Path(importlib.import_module(f"{__package__}.{sub}").__file__).parent
 
 
+#: the plugin kinds, i.e. the sub-folders a ``SESAMO_BENCH_PLUGINS`` folder may hold
+KINDS = ("symmetries", "targets", "architectures")
+
+
+def extra_folders() -> list[Path]:
+    """The folders named in ``SESAMO_BENCH_PLUGINS``, in order."""
+    return [Path(p) for p in filter(None, os.environ.get("SESAMO_BENCH_PLUGINS", "").split(os.pathsep))]
+
+
 def plugin_dirs(sub: str) -> list[Path]:
-    """Folders searched for plugins of kind ``sub`` (``"symmetries"`` or ``"targets"``)."""
-    dirs = [builtin_dir(sub)]
-    for extra in filter(None, os.environ.get("SESAMO_BENCH_PLUGINS", "").split(os.pathsep)):
-        p = Path(extra)
-        dirs.append(p / sub if (p / sub).is_dir() else p)
+    """Folders searched for plugins of kind ``sub`` (one of :data:`KINDS`): the built-ins and the
+    ``sub`` sub-folder of each ``SESAMO_BENCH_PLUGINS`` folder (never the folder itself)."""
+    dirs = [builtin_dir(sub)] + [p / sub for p in extra_folders()]
     return [d for d in dirs if d.is_dir()]
+
+
+def unusable_folders() -> dict[str, str]:
+    """``SESAMO_BENCH_PLUGINS`` folders from which nothing is loaded, with the reason (one line)."""
+    out = {}
+    for p in extra_folders():
+        if not p.is_dir():
+            out[str(p)] = f"SESAMO_BENCH_PLUGINS folder {p}: not a folder; nothing loaded from it"
+        elif not any((p / k).is_dir() for k in KINDS):
+            out[str(p)] = (f"SESAMO_BENCH_PLUGINS folder {p}: none of the sub-folders {', '.join(k + '/' for k in KINDS)}; "
+                           f"plugin files belong in those (nothing in it was executed)")
+    return out
 
 
 class Registry(Generic[T]):
@@ -100,6 +121,7 @@ class Registry(Generic[T]):
         self.errors = {}
         self.sources: dict[str, Path] = {}
         self.builtins: set[str] = set()
+        self.errors.update(unusable_folders())
         builtin = builtin_dir(self.folder)
         for d in plugin_dirs(self.folder):
             for path in sorted(d.glob("*.py")):

@@ -43,6 +43,12 @@ from sesamo_bench.target import check, is_int, is_real, SMOKE, Target
 
 
 
+#: bounds of the discretised couplings: exp(x) of a field of scale sqrt(U~) must stay far inside
+#: float64's range (e^709) out to 14 standard deviations, and exp(kappa~ h) as well
+MAX_U_TILDE = 2500.0
+MAX_KAPPA_TILDE = 50.0
+
+
 def hopping_matrix(sites: int) -> np.ndarray:
     """Nearest-neighbour adjacency: one bond for 2 sites, a periodic ring for more, ``(V, V)``."""
     a = np.zeros((sites, sites))
@@ -142,6 +148,12 @@ class Hubbard(Target):
         check(nt == 1 or sites % 2 == 0,
               f"hubbard: 'sites' must be even when nt > 1 (odd rings are not bipartite and "
               f"det M[x] det M[-x] can be negative), got sites={sites}, nt={nt}")
+        check(u * beta / nt <= MAX_U_TILDE,
+              f"hubbard: U beta / nt must be <= {MAX_U_TILDE:g} (the field's scale sqrt(U beta / nt) enters exp(x) "
+              f"in the fermion matrix, which overflows beyond it), got u={u!r}, beta={beta!r}, nt={nt}")
+        check(kappa * beta / nt <= MAX_KAPPA_TILDE,
+              f"hubbard: kappa beta / nt must be <= {MAX_KAPPA_TILDE:g} (exp of the hopping matrix overflows "
+              f"beyond it), got kappa={kappa!r}, beta={beta!r}, nt={nt}")
         self.u, self.beta, self.kappa = float(u), float(beta), float(kappa)
         self.nt, self.sites = nt, sites
         self.u_tilde = self.u * self.beta / nt

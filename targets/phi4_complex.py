@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from sesamo_bench.lattice_physics import free_field, free_moments, slice_correlator, two_point
+from sesamo_bench.lattice_physics import check_normalisable, free_field, free_moments, slice_correlator, two_point
 from sesamo_bench.observables import flatten
 from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
@@ -61,6 +61,7 @@ class Phi4Complex(Target):
         check(is_real(kappa), f"phi4-complex: 'kappa' must be a finite number, got {kappa!r}")
         check(is_real(lam) and lam >= 0, f"phi4-complex: 'lam' must be a number >= 0, got {lam!r}")
         check(is_real(alpha) and alpha >= 0, f"phi4-complex: 'alpha' must be a number >= 0, got {alpha!r}")
+        check_normalisable(self.lattice, kappa, lam, "phi4-complex")
         self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
         #: field shape (L1, L2, 2); the constructor's ``shape`` is the lattice, see :meth:`params`
         self.shape = (*self.lattice, 2)

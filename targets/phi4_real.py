@@ -24,7 +24,7 @@ from torch import Tensor
 import numpy as np
 
 from sesamo_bench.observables import flatten
-from sesamo_bench.lattice_physics import folded_normal_mean, free_field, free_moments, slice_correlator, two_point
+from sesamo_bench.lattice_physics import check_normalisable, folded_normal_mean, free_field, free_moments, slice_correlator, two_point
 from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
 
 #: the paper's fit of the magnetisation histogram at alpha = 0 (App. H.3): A, mu, sigma
@@ -87,6 +87,7 @@ class Phi4Real(Target):
         check(is_real(kappa), f"phi4-real: 'kappa' must be a finite number, got {kappa!r}")
         check(is_real(lam) and lam >= 0, f"phi4-real: 'lam' must be a number >= 0, got {lam!r}")
         check(is_real(alpha) and alpha >= 0, f"phi4-real: 'alpha' must be a number >= 0, got {alpha!r}")
+        check_normalisable(self.lattice, kappa, lam, "phi4-real")
         self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
         self.shape = self.lattice
 

@@ -172,6 +172,31 @@ def test_non_finite_values_are_refused(tmp_path, assignment):
     assert "finite" in res.stderr
 
 
+@pytest.mark.parametrize("target,assignments,words", [
+    ("hubbard", ["u=1e308"], "U beta / nt must be <= 2500"),
+    ("hubbard", ["kappa=1e3"], "kappa beta / nt must be <= 50"),
+    ("phi4-real", ["lam=0", "kappa=0.3"], "no normalisable density"),
+    ("phi4-complex", ["lam=0", "kappa=-0.26"], "no normalisable density"),
+])
+def test_targets_without_a_usable_density_are_refused(tmp_path, target, assignments, words):
+    store = tmp_path / "r.sqlite"
+    sets = [a for kv in assignments for a in ("--set", kv)]
+    res = invoke("run", "--target", target, "--methods", "realnvp", "--seeds", "0", *TINY, *sets, "--store", store)
+    assert_clean_error(res, store)
+    assert words in res.stderr
+
+
+def test_free_field_normalisability_against_the_hopping_matrix():
+    import numpy as np
+
+    from sesamo_bench.lattice_physics import free_min_eigenvalue, hopping_matrix
+
+    for lattice in [(8, 8), (3, 5), (2, 4), (1, 6)]:
+        for kappa in (-0.3, -0.2, 0.1, 0.249, 0.26):
+            dense = np.linalg.eigvalsh(hopping_matrix(lattice, kappa)).min()
+            assert abs(dense - free_min_eigenvalue(lattice, kappa)) < 1e-12
+
+
 @pytest.mark.parametrize("option", ["--set", "--sweep"])
 def test_duplicated_keys_are_an_error(tmp_path, option):
     store = tmp_path / "r.sqlite"

@@ -335,3 +335,32 @@ def test_checkpoint_write_failure_leaves_no_tmp(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="No space left"):
         train._save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. a plugin folder runs only what its plugin sub-folders hold
+# ---------------------------------------------------------------------------------------------
+def test_flat_plugin_folder_executes_nothing(tmp_path, monkeypatch):
+    from sesamo_bench import plugins
+
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "setup_helper.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setenv("SESAMO_BENCH_PLUGINS", str(folder))
+    plugins.reload()
+    try:
+        res = invoke("list")
+        assert res.exit_code == 0, res.stderr
+        assert not marker.exists()
+        assert f"SESAMO_BENCH_PLUGINS folder {folder}: none of the sub-folders" in res.stdout
+        assert "hubbard" in res.stdout
+        # the same file inside a targets/ sub-folder is a plugin and is imported
+        (folder / "targets").mkdir()
+        (folder / "setup_helper.py").rename(folder / "targets" / "setup_helper.py")
+        plugins.reload()
+        res = invoke("list", "targets")
+        assert res.exit_code == 0 and marker.exists() and "none of the sub-folders" not in res.stdout
+    finally:
+        monkeypatch.delenv("SESAMO_BENCH_PLUGINS")
+        plugins.reload()
