@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sesamo_bench.architecture import Domain
-from sesamo_bench.lattice import ElementwiseCoupling
+from sesamo_bench.core.architecture import Domain
+from sesamo_bench.core.lattice import ElementwiseCoupling
 
 
 class LatticeAffine(ElementwiseCoupling):

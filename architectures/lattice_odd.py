@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sesamo_bench.architecture import Domain
+from sesamo_bench.core.architecture import Domain
 from sesamo_bench.architectures.lattice_affine import LatticeAffine
 
 

@@ -9,10 +9,10 @@ translation-equivariant.
 from __future__ import annotations
 
 from torch import Tensor
-from sesamo_bench.architecture import Domain
+from sesamo_bench.core.architecture import Domain
 from sesamo_bench.errors import ConfigError
-from sesamo_bench.lattice import ElementwiseCoupling
-from sesamo_bench.spline import rqs_coupling
+from sesamo_bench.core.lattice import ElementwiseCoupling
+from sesamo_bench.core.spline import rqs_coupling
 
 
 class LatticeSpline(ElementwiseCoupling):

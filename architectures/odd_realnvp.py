@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sesamo_bench.architecture import Architecture, Domain
-from sesamo_bench.flows import AffineCoupling, RealNVP
+from sesamo_bench.core.architecture import Architecture, Domain
+from sesamo_bench.core.flows import AffineCoupling, RealNVP
 
 
 class OddAffineCoupling(AffineCoupling):

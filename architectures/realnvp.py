@@ -3,13 +3,13 @@ r"""``realnvp``: the fully connected affine RealNVP (paper Table 3), the default
 Its parameters are the run configuration's ``couplings``, ``hidden_layers``, ``width``,
 ``activation`` and ``scale_bound`` (``--set width=100`` or ``--set flow.width=100``, the same
 run), so configurations from before the architecture registry keep their run ids. Float32
-conditioners run the fused native or oneDNN MLP kernels (:mod:`sesamo_bench.kernels`).
+conditioners run the fused native or oneDNN MLP kernels (:mod:`sesamo_bench.core.kernels`).
 """
 
 from __future__ import annotations
 
-from sesamo_bench.architecture import Architecture, Domain
-from sesamo_bench.flows import RealNVP
+from sesamo_bench.core.architecture import Architecture, Domain
+from sesamo_bench.core.flows import RealNVP
 
 
 class MLPRealNVP(RealNVP, Architecture):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sesamo_bench.architecture import Architecture, Domain
+from sesamo_bench.core.architecture import Architecture, Domain
 from sesamo_bench.errors import ConfigError
-from sesamo_bench.flows import mlp, partition
-from sesamo_bench.spline import rqs_coupling
+from sesamo_bench.core.flows import mlp, partition
+from sesamo_bench.core.spline import rqs_coupling
 
 
 class SplineFlow(Architecture):

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from sesamo_bench.perf import SECTIONS, PerfOptions, render, run_perf
+from sesamo_bench.harness.perf import SECTIONS, PerfOptions, render, run_perf
 
 
 def _ints(s: str) -> tuple[int, ...]:

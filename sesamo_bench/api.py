@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import plugins
-from .config import RunConfig, check_hyper, resolve
-from .store import DEFAULT_STORE, Store
-from .symmetry import Symmetry
-from .target import Target
-from .train import Evaluation, Fit, build_model, check_exact, evaluate, fit  # noqa: F401 - re-exported
+from .harness.config import RunConfig, check_hyper, resolve
+from .harness.store import DEFAULT_STORE, Store
+from .core.symmetry import Symmetry
+from .core.target import Target
+from .harness.train import Evaluation, Fit, build_model, check_exact, evaluate, fit  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
-    from .methods import Method
+    from .core.methods import Method
 
 __all__ = ["preset", "create_target", "create_symmetry", "default_symmetry", "create_method", "fit",
            "evaluate", "load_runs", "Fit", "Evaluation"]
@@ -54,7 +54,7 @@ def preset(target: str, method: str, preset: str = "quick", *, seed: int = 0, **
         overrides: what ``--set key=value`` takes (``steps=2000``, ``beta=2.0``, ...).
 
     Returns:
-        A validated :class:`~sesamo_bench.config.RunConfig` (the same as ``sesamo-bench run``'s).
+        A validated :class:`~sesamo_bench.harness.config.RunConfig` (the same as ``sesamo-bench run``'s).
     """
     return resolve(target, method, seed=seed, preset=preset, overrides=overrides)
 
@@ -98,7 +98,7 @@ def create_method(name: str, target: Target, symmetry: Symmetry | None = None, *
         arch: overrides of those settings (``width=64``, ``couplings=4``, ``device="cuda"``, ...).
 
     Returns:
-        The :class:`~sesamo_bench.methods.Method`, on its device and dtype, its weights drawn
+        The :class:`~sesamo_bench.core.methods.Method`, on its device and dtype, its weights drawn
         from torch's global generator.
     """
     cfg = settings or RunConfig(target=target.name, method=name)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .architecture import Architecture
+from .core.architecture import Architecture
 from .registry import Registry
-from .symmetry import Symmetry
-from .target import Target
+from .core.symmetry import Symmetry
+from .core.target import Target
 
 symmetries: Registry[Symmetry] = Registry("symmetry", Symmetry, folder="symmetries", group="sesamo_bench.symmetries")
 targets: Registry[Target] = Registry("target", Target, folder="targets", group="sesamo_bench.targets")

@@ -64,7 +64,8 @@ def unusable_folders() -> dict[str, str]:
         if not p.is_dir():
             out[str(p)] = f"SESAMO_BENCH_PLUGINS folder {p}: not a folder; nothing loaded from it"
         elif not any((p / k).is_dir() for k in KINDS):
-            out[str(p)] = (f"SESAMO_BENCH_PLUGINS folder {p}: none of the sub-folders {', '.join(k + '/' for k in KINDS)}; "
+            subs = ", ".join(k + "/" for k in KINDS)
+            out[str(p)] = (f"SESAMO_BENCH_PLUGINS folder {p}: none of the sub-folders {subs}; "
                            f"plugin files belong in those (nothing in it was executed)")
     return out
 

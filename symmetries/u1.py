@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from sesamo_bench.errors import ConfigError, IncompatibleError
-from sesamo_bench.spline import RQSpline
-from sesamo_bench.symmetry import Modulation, Symmetry
+from sesamo_bench.core.spline import RQSpline
+from sesamo_bench.core.symmetry import Modulation, Symmetry
 
 TWO_PI = 2 * math.pi
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sesamo_bench.symmetry import Bernoulli, Symmetry, subset_mask
+from sesamo_bench.core.symmetry import Bernoulli, Symmetry, subset_mask
 
 
 class Z2(Symmetry):

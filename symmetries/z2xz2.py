@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sesamo_bench.errors import IncompatibleError
-from sesamo_bench.symmetry import Bernoulli, Modulation, Symmetry, subset_mask
+from sesamo_bench.core.symmetry import Bernoulli, Modulation, Symmetry, subset_mask
 
 
 class KleinModulation(Modulation):

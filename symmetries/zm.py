@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sesamo_bench.errors import ConfigError, IncompatibleError
-from sesamo_bench.symmetry import Categorical, Symmetry
+from sesamo_bench.core.symmetry import Categorical, Symmetry
 
 
 class ZM(Symmetry):

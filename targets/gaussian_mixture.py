@@ -22,7 +22,7 @@ import torch
 from scipy.special import logsumexp, softmax
 from torch import Tensor
 
-from sesamo_bench.target import check, is_real, SMOKE, Target
+from sesamo_bench.core.target import check, is_real, SMOKE, Target
 
 
 

@@ -38,7 +38,7 @@ import torch
 from scipy.special import log_ndtr, logsumexp
 from torch import Tensor
 
-from sesamo_bench.target import check, is_int, is_real, SMOKE, Target
+from sesamo_bench.core.target import check, is_int, is_real, SMOKE, Target
 
 
 
@@ -221,7 +221,7 @@ class Hubbard(Target):
         (the expansion of :func:`quadrant_log_masses`) is a mixture of nine Gaussians with means
         U~ (a_i, b_i), variance U~ and weights w_i exp(U~ (a_i^2 + b_i^2) / 2). Otherwise HMC with
         the exact global flip as a global move."""
-        from sesamo_bench.hmc import global_flip, sample_states
+        from sesamo_bench.analysis.hmc import global_flip, sample_states
 
         if not self._exact():
             x0 = torch.randn(256, *self.shape, dtype=torch.float64, generator=generator) * math.sqrt(self.u_tilde)

@@ -20,9 +20,9 @@ import math
 
 import numpy as np
 
-from sesamo_bench.lattice_physics import check_normalisable, free_field, free_moments, slice_correlator, two_point
-from sesamo_bench.observables import flatten
-from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
+from sesamo_bench.core.lattice_physics import free_field, free_moments, phi4_parameters, slice_correlator, two_point
+from sesamo_bench.analysis.observables import flatten
+from sesamo_bench.core.target import SMOKE, Target
 
 
 
@@ -57,12 +57,7 @@ class Phi4Complex(Target):
 
     def __init__(self, *, shape: list[int] = [8, 8], kappa: float = 0.3, lam: float = 0.022,  # noqa: B006
                  alpha: float = 0.0):
-        self.lattice = lattice_shape(shape, "phi4-complex")
-        check(is_real(kappa), f"phi4-complex: 'kappa' must be a finite number, got {kappa!r}")
-        check(is_real(lam) and lam >= 0, f"phi4-complex: 'lam' must be a number >= 0, got {lam!r}")
-        check(is_real(alpha) and alpha >= 0, f"phi4-complex: 'alpha' must be a number >= 0, got {alpha!r}")
-        check_normalisable(self.lattice, kappa, lam, "phi4-complex")
-        self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
+        self.lattice, self.kappa, self.lam, self.alpha = phi4_parameters(shape, kappa, lam, alpha, "phi4-complex")
         #: field shape (L1, L2, 2); the constructor's ``shape`` is the lattice, see :meth:`params`
         self.shape = (*self.lattice, 2)
 
@@ -83,7 +78,7 @@ class Phi4Complex(Target):
     def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
         """HMC samples (float64) with a random global U(1) rotation as a Metropolis-tested global
         move (always accepted at alpha = 0)."""
-        from sesamo_bench.hmc import random_phase, sample_states
+        from sesamo_bench.analysis.hmc import random_phase, sample_states
 
         x0 = torch.randn(256, *self.shape, dtype=torch.float64, generator=generator)
         return sample_states(self.action, x0, n, generator=generator, global_moves=[random_phase], eps=0.2)
@@ -98,7 +93,7 @@ class Phi4Complex(Target):
     def observables(self, x: Tensor) -> dict[str, Tensor]:
         r"""m = M/V (``m_re``, ``m_im``), |m|, |m|^2, cos and sin of arg M (their means measure the
         tilt of the phase distribution; 0 for exact U(1)), the action density, G(t) and C(x) with
-        Re(conj(a) b) products (:mod:`sesamo_bench.lattice_physics`)."""
+        Re(conj(a) b) products (:mod:`sesamo_bench.core.lattice_physics`)."""
         v = self.dim // 2
         m_re, m_im = x[..., 0].sum((1, 2)) / v, x[..., 1].sum((1, 2)) / v
         r2 = m_re * m_re + m_im * m_im

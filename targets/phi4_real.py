@@ -4,7 +4,7 @@ r"""Real phi^4 theory on a periodic 2-D lattice (paper Eq. 53, App. H.3).
 
 Z2 (x -> -x) is exact for alpha = 0 and broken for alpha > 0. The exact breaking ratio (16 x 8,
 kappa = 0.3, lam = 0.022) comes from the suite's own HMC, reweighted over alpha from one alpha = 0
-ensemble and cached with its error (:mod:`sesamo_bench.phi4_reference`; ``sesamo-bench reference
+ensemble and cached with its error (:mod:`sesamo_bench.analysis.phi4_reference`; ``sesamo-bench reference
 phi4-real`` regenerates it).
 
 The paper's Eq. (56) (:func:`breaking_ratio_eq56`) is the paper's approximation, not a reference:
@@ -23,9 +23,10 @@ from torch import Tensor
 
 import numpy as np
 
-from sesamo_bench.observables import flatten
-from sesamo_bench.lattice_physics import check_normalisable, folded_normal_mean, free_field, free_moments, slice_correlator, two_point
-from sesamo_bench.target import check, is_real, lattice_shape, SMOKE, Target
+from sesamo_bench.analysis.observables import flatten
+from sesamo_bench.core.lattice_physics import (folded_normal_mean, free_field, free_moments, phi4_parameters,
+                                               slice_correlator, two_point)
+from sesamo_bench.core.target import SMOKE, Target
 
 #: the paper's fit of the magnetisation histogram at alpha = 0 (App. H.3): A, mu, sigma
 FIT = {"A": 0.499, "mu": 2.126, "sigma": 0.629}
@@ -83,12 +84,7 @@ class Phi4Real(Target):
 
     def __init__(self, *, shape: list[int] = [16, 8], kappa: float = 0.3, lam: float = 0.022,  # noqa: B006
                  alpha: float = 0.0):
-        self.lattice = lattice_shape(shape, "phi4-real")
-        check(is_real(kappa), f"phi4-real: 'kappa' must be a finite number, got {kappa!r}")
-        check(is_real(lam) and lam >= 0, f"phi4-real: 'lam' must be a number >= 0, got {lam!r}")
-        check(is_real(alpha) and alpha >= 0, f"phi4-real: 'alpha' must be a number >= 0, got {alpha!r}")
-        check_normalisable(self.lattice, kappa, lam, "phi4-real")
-        self.kappa, self.lam, self.alpha = float(kappa), float(lam), float(alpha)
+        self.lattice, self.kappa, self.lam, self.alpha = phi4_parameters(shape, kappa, lam, alpha, "phi4-real")
         self.shape = self.lattice
 
     def params(self) -> dict[str, Any]:
@@ -110,13 +106,13 @@ class Phi4Real(Target):
     def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
         """HMC samples (float64) with a random global sign flip as a Metropolis-tested global move
         (always accepted at alpha = 0)."""
-        from sesamo_bench.hmc import global_flip, sample_states
+        from sesamo_bench.analysis.hmc import global_flip, sample_states
 
         x0 = torch.randn(256, *self.shape, dtype=torch.float64, generator=generator)
         return sample_states(self.action, x0, n, generator=generator, global_moves=[global_flip], eps=0.25)
 
     def _reference(self) -> tuple[float, float] | None:
-        from sesamo_bench.phi4_reference import curve
+        from sesamo_bench.analysis.phi4_reference import curve
 
         c = curve()
         if c is None or not c.matches(self.lattice, self.kappa, self.lam):
@@ -148,7 +144,7 @@ class Phi4Real(Target):
     # -- observables ----------------------------------------------------------------------------
     def observables(self, x: Tensor) -> dict[str, Tensor]:
         r"""m = M/V, |m|, m^2, the action density f/V, the zero-momentum correlator G(t) ``(N, L1)``
-        and the two-point function C(x) ``(N, V)`` (:mod:`sesamo_bench.lattice_physics`)."""
+        and the two-point function C(x) ``(N, V)`` (:mod:`sesamo_bench.core.lattice_physics`)."""
         m = x.sum((1, 2)) / self.dim
         return {"m": m, "abs_m": m.abs(), "m2": m * m, "action_density": self.action(x) / self.dim,
                 "G": slice_correlator(x), "C": two_point(x)}

@@ -7,8 +7,8 @@ import math
 import torch
 
 from sesamo_bench import plugins
-from sesamo_bench.methods import METHODS
-from sesamo_bench.symmetry import examples
+from sesamo_bench.core.methods import METHODS
+from sesamo_bench.core.symmetry import examples
 
 
 def symmetry_examples() -> list[tuple[str, tuple[int, ...], dict]]:

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sesamo_bench.cli import app
-from sesamo_bench.config import resolve
+from sesamo_bench.harness.config import resolve
 from sesamo_bench.errors import ConfigError, UnknownNameError
-from sesamo_bench.report import render_report
-from sesamo_bench.store import Store, run_id
+from sesamo_bench.outputs.report import render_report
+from sesamo_bench.harness.store import Store, run_id
 
 #: run ids computed before the architecture registry existed (configurations with the default flow)
 PINNED = [

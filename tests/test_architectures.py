@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sesamo_bench import plugins
-from sesamo_bench.architecture import Domain, FlowSpec, schema
+from sesamo_bench.core.architecture import Domain, FlowSpec, schema
 from sesamo_bench.errors import IncompatibleError, InputOutsideDomain
-from sesamo_bench.methods import METHODS
+from sesamo_bench.core.methods import METHODS
 
 from .helpers import bound, importance_integral, randomise
 
@@ -256,7 +256,7 @@ def test_sesamo_u1_with_non_equivariant_lattice_flow_is_refused():
 # --- a dropped-in architecture file is tested without a test edit -----------------------------
 TOY = '''
 import torch
-from sesamo_bench.architecture import Architecture
+from sesamo_bench.core.architecture import Architecture
 
 
 class Toy(Architecture):

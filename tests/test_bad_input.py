@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sesamo_bench import grid, plugins
-from sesamo_bench.cli import app, grid_request
+from sesamo_bench.harness import grid
+from sesamo_bench import plugins
+from sesamo_bench.cli import app
+from sesamo_bench.harness.grid import grid_request
 from sesamo_bench.registry import builtin_dir
-from sesamo_bench.store import Store
+from sesamo_bench.harness.store import Store
 
 from .test_reliability import TINY, assert_clean_error
 
@@ -102,7 +104,7 @@ def test_one_damaged_json_cell_leaves_the_store_usable(tmp_path):
 
 
 PLUGIN_RAISES = '''
-from sesamo_bench.target import Target
+from sesamo_bench.core.target import Target
 
 
 class Angry(Target):
@@ -189,7 +191,7 @@ def test_targets_without_a_usable_density_are_refused(tmp_path, target, assignme
 def test_free_field_normalisability_against_the_hopping_matrix():
     import numpy as np
 
-    from sesamo_bench.lattice_physics import free_min_eigenvalue, hopping_matrix
+    from sesamo_bench.core.lattice_physics import free_min_eigenvalue, hopping_matrix
 
     for lattice in [(8, 8), (3, 5), (2, 4), (1, 6)]:
         for kappa in (-0.3, -0.2, 0.1, 0.249, 0.26):
@@ -239,8 +241,8 @@ def test_plugin_shadowing_a_built_in_gets_its_own_run_ids(tmp_path, monkeypatch)
 def test_stop_is_honoured_inside_the_final_evaluation(tmp_path):
     import torch
 
-    from sesamo_bench.config import resolve
-    from sesamo_bench.train import Interrupted, train
+    from sesamo_bench.harness.config import resolve
+    from sesamo_bench.harness.train import Interrupted, train
 
     cfg = resolve("hubbard", "realnvp", preset="smoke",
                   overrides={"steps": 5, "batch_size": 64, "final_samples": 3_000_000, "checkpoint_every": 5,
@@ -260,7 +262,7 @@ def test_stop_is_honoured_inside_the_final_evaluation(tmp_path):
 
 
 def test_second_signal_forces_the_exit():
-    from sesamo_bench.runner import ForcedStop, StopFlag
+    from sesamo_bench.harness.runner import ForcedStop, StopFlag
 
     flag = StopFlag()
     flag.set(signal.SIGINT)  # a worker saw Ctrl-C first: not a signal of this process

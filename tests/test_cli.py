@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sesamo_bench import kernels
+from sesamo_bench.core import kernels
 from sesamo_bench.cli import JSON_FIELDS, app
-from sesamo_bench.store import Store
+from sesamo_bench.harness.store import Store
 
 TINY = ["--preset", "smoke", "--set", "steps=20", "--set", "batch_size=128", "--set", "final_samples=512"]
 CONTRACT = ("target", "method", "seed", "params", "status", "steps", "wall_s", "ess", "log_z", "log_z_err",
@@ -77,7 +77,7 @@ def test_run_json_contract_show_and_report(tmp_path):
         assert rep.exit_code == 0, rep.stderr
         assert "sesamo" in rep.stdout
     assert invoke("report", "--store", store, "--format", "xml").exit_code == 2
-    if importlib.util.find_spec("sesamo_bench.plot") is not None:
+    if importlib.util.find_spec("sesamo_bench.outputs.plot") is not None:
         plotted = invoke("plot", "--store", store, "--out", tmp_path / "plots", "--kind", "density")
         assert plotted.exit_code == 0, plotted.stderr
         assert plotted.stdout.strip() and all(Path(p).exists() for p in plotted.stdout.split())

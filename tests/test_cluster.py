@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sesamo_bench.cli import app
-from sesamo_bench.store import Store
+from sesamo_bench.harness.store import Store
 
 submitit = pytest.importorskip("submitit")
 
@@ -142,8 +142,8 @@ def test_failed_job_shows_log_tail(tmp_path):
     """A job that crashes (here: its result.json cannot be written) is failed in status, collect and run.
 
     (A corrupt checkpoint no longer crashes a job: the run restarts from step 0, see test_faults.)"""
-    from sesamo_bench import grid
-    from sesamo_bench.cli import grid_request
+    from sesamo_bench.harness import grid
+    from sesamo_bench.harness.grid import grid_request
 
     store = tmp_path / "r.sqlite"
     args = ["--target", "hubbard", "--methods", "realnvp", "--seeds", "0", *TINY]
@@ -189,7 +189,7 @@ def test_slurm_submission_error_is_one_line(tmp_path, monkeypatch):
 
 def test_slurm_settings_table_and_options(tmp_path, monkeypatch):
     """[executor.slurm] of benchmarks.toml is validated; --slurm-* options win; the sbatch script has them."""
-    from sesamo_bench import benchmarks, cluster
+    from sesamo_bench.harness import benchmarks, cluster
 
     fake = tmp_path / "bin"  # submitit's SlurmExecutor wants an srun on PATH
     fake.mkdir()

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sesamo_bench import plugins
-from sesamo_bench.architecture import Domain, FlowSpec
+from sesamo_bench.core.architecture import Domain, FlowSpec
 from sesamo_bench.cli import app
 from sesamo_bench.errors import IncompatibleError
-from sesamo_bench.methods import METHODS
-from sesamo_bench.symmetry import examples
+from sesamo_bench.core.methods import METHODS
+from sesamo_bench.core.symmetry import examples
 
 from .helpers import importance_integral, randomise
 
@@ -134,8 +134,8 @@ def test_vmonf_training_draw_is_weighted_and_eval_draw_is_exact():
 
 
 def test_method_selection_and_errors(tmp_path, monkeypatch):
-    from sesamo_bench.config import resolve
-    from sesamo_bench.train import build
+    from sesamo_bench.harness.config import resolve
+    from sesamo_bench.harness.train import build
 
     # Hubbard: the exact global flip (the single flip stays learnable), an odd MLP flow
     cfg = resolve("hubbard", "equivariant", preset="smoke")

@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sesamo_bench import claim
+from sesamo_bench.harness import claim
 from sesamo_bench.cli import app
-from sesamo_bench.store import Store
-from sesamo_bench.train import CheckpointError, load_checkpoint
+from sesamo_bench.harness.store import Store
+from sesamo_bench.harness.train import CheckpointError, load_checkpoint
 
 from .test_reliability import TINY, _cli
 
@@ -298,7 +298,7 @@ def test_run_takes_over_a_stale_claim(tmp_path):
 def test_planted_native_library_is_not_loaded(tmp_path, monkeypatch):
     import shutil
 
-    from sesamo_bench import native
+    from sesamo_bench.core import native
 
     cc = native._compiler()
     if cc is None:
@@ -324,7 +324,7 @@ def test_planted_native_library_is_not_loaded(tmp_path, monkeypatch):
 def test_checkpoint_write_failure_leaves_no_tmp(tmp_path, monkeypatch):
     import errno
 
-    from sesamo_bench import train
+    from sesamo_bench.harness import train
     from sesamo_bench.errors import StoreError
 
     def full(obj, path, *a, **k):

@@ -1,4 +1,4 @@
-"""HMC (sesamo_bench.hmc) and the Gamma method (sesamo_bench.autocorr) against exact results."""
+"""HMC (sesamo_bench.analysis.hmc) and the Gamma method (sesamo_bench.analysis.autocorr) against exact results."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from scipy import integrate
 
-from sesamo_bench import autocorr, plugins
-from sesamo_bench.hmc import HMC, always_flip, autograd_force, global_flip, leapfrog, random_phase
-from sesamo_bench.phi4_reference import reweighted_ratio
+from sesamo_bench.analysis import autocorr
+from sesamo_bench import plugins
+from sesamo_bench.analysis.hmc import HMC, always_flip, autograd_force, global_flip, leapfrog, random_phase
+from sesamo_bench.analysis.phi4_reference import reweighted_ratio
 
 
 def gen(seed: int = 0) -> torch.Generator:

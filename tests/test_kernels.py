@@ -1,4 +1,4 @@
-"""The fused MLP kernels (sesamo_bench.kernels) and the flow's split/join and bounded scale,
+"""The fused MLP kernels (sesamo_bench.core.kernels) and the flow's split/join and bounded scale,
 checked against autograd of the plain PyTorch modules (an independent reference)."""
 
 import pytest
@@ -7,10 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from sesamo_bench import kernels, native, store
-from sesamo_bench.config import resolve
+from sesamo_bench.core import kernels, native
+from sesamo_bench.harness import store
+from sesamo_bench.harness.config import resolve
 from sesamo_bench.errors import ConfigError
-from sesamo_bench.flows import MLP, RealNVP, _Join, _Split, bounded, mlp
+from sesamo_bench.core.flows import MLP, RealNVP, _Join, _Split, bounded, mlp
 
 needs_onednn = pytest.mark.skipif(not kernels.available(), reason="this PyTorch build has no oneDNN linear operators")
 FUSED = [pytest.param("onednn", marks=needs_onednn),

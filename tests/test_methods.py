@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sesamo_bench.errors import IncompatibleError
-from sesamo_bench.flows import RealNVP
+from sesamo_bench.core.flows import RealNVP
 
-from sesamo_bench.methods import METHODS
+from sesamo_bench.core.methods import METHODS
 
 from .helpers import bound, example_id, importance_integral, make_method, randomise, symmetry_examples
 

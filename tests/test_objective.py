@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sesamo_bench import metrics
-from sesamo_bench.loss import penalty, self_reparametrized_kl
+from sesamo_bench.core import metrics
+from sesamo_bench.core.loss import penalty, self_reparametrized_kl
 
 from .helpers import bound, make_method
 

@@ -1,7 +1,7 @@
 """Observables, their estimators (reweighting, neural MCMC, HMC) and `measure`/`hmc`, against exact values.
 
 The free field (lambda = 0) is Gaussian, so every phi^4 observable is known in closed form on a
-finite periodic lattice (sesamo_bench.lattice_physics); the Hubbard observables come from 2-D quadrature
+finite periodic lattice (sesamo_bench.core.lattice_physics); the Hubbard observables come from 2-D quadrature
 of the closed-form weight.
 """
 
@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from sesamo_bench import plugins
 from sesamo_bench.cli import app
-from sesamo_bench.lattice_physics import free_field, slice_correlator, two_point
-from sesamo_bench.nmcmc import independence_metropolis
-from sesamo_bench.observables import from_chain, reweighted
+from sesamo_bench.core.lattice_physics import free_field, slice_correlator, two_point
+from sesamo_bench.analysis.nmcmc import independence_metropolis
+from sesamo_bench.analysis.observables import from_chain, reweighted
 
 FREE = {"shape": [3, 4], "lam": 0.0, "kappa": 0.2, "alpha": 0.1}
 
@@ -88,7 +88,7 @@ def test_free_field_references_are_not_circular():
 
 
 def test_hmc_agrees_with_the_free_field():
-    from sesamo_bench.measure import measure_hmc
+    from sesamo_bench.harness.measure import measure_hmc
 
     t = plugins.targets.create("phi4-real", FREE)
     m = measure_hmc(t, samples=3200, chains=16, burn_in=100, seed=3, n_leapfrog=8)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sesamo_bench import perf
-from sesamo_bench.flows import RealNVP, _BoundedAffine
+from sesamo_bench.harness import perf
+from sesamo_bench.core.flows import RealNVP, _BoundedAffine
 
 
 def test_mlp_flops_counts_three_times_forward():
@@ -101,7 +101,7 @@ def test_perf_command_sets_the_thread_count(tmp_path):
 
 
 def test_throughput_row_reports_ratios_and_both_matmul_fractions():
-    from sesamo_bench import kernels
+    from sesamo_bench.core import kernels
 
     rates = {"float32": 1e11, "float32_onednn": 2e11, "float64": 5e10}
     row = perf.throughput_row("gaussian-mixture", "smoke", 64, reps=1, device="cpu", rates=rates, peer=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sesamo_bench.errors import UnknownNameError
-from sesamo_bench.plot import make_plots, params_slug, swept_key
+from sesamo_bench.outputs.plot import make_plots, params_slug, swept_key
 
 METHODS = ("realnvp", "canonicalization", "sesamo")
 

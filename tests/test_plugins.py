@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from sesamo_bench import plugins
-from sesamo_bench.config import PRESETS, resolve
+from sesamo_bench.harness.config import PRESETS, resolve
 from sesamo_bench.errors import PluginError, UnknownNameError
 from sesamo_bench.registry import Registry
-from sesamo_bench.symmetry import Symmetry
-from sesamo_bench.target import Target
-from sesamo_bench.train import build, check_exact
+from sesamo_bench.core.symmetry import Symmetry
+from sesamo_bench.core.target import Target
+from sesamo_bench.harness.train import build, check_exact
 
 TARGETS = plugins.targets.names()
 
@@ -29,7 +29,7 @@ def test_builtin_targets_discovered():
 def test_dropped_in_file_is_found_and_broken_file_is_reported(tmp_path, monkeypatch):
     (tmp_path / "symmetries").mkdir()
     (tmp_path / "symmetries" / "mirror.py").write_text(textwrap.dedent('''
-        from sesamo_bench.symmetry import Symmetry
+        from sesamo_bench.core.symmetry import Symmetry
         class Mirror(Symmetry):
             name = "mirror-test"
     '''))
@@ -97,7 +97,7 @@ def test_every_preset_builds(name, method):
 
 SWAP = '''
 import torch
-from sesamo_bench.symmetry import Bernoulli, Symmetry
+from sesamo_bench.core.symmetry import Bernoulli, Symmetry
 
 
 class Swap(Symmetry):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sesamo_bench import config, kernels, train
-from sesamo_bench.flows import MLP, RealNVP
-from sesamo_bench.store import run_id
+from sesamo_bench.harness import config, train
+from sesamo_bench.core import kernels
+from sesamo_bench.core.flows import MLP, RealNVP
+from sesamo_bench.harness.store import run_id
 
 from .helpers import randomise
 

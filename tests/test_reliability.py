@@ -20,15 +20,15 @@ from typer.testing import CliRunner
 
 from sesamo_bench import plugins
 from sesamo_bench.cli import app
-from sesamo_bench.config import HYPER, RANGES
-from sesamo_bench.store import Store
+from sesamo_bench.harness.config import HYPER, RANGES
+from sesamo_bench.harness.store import Store
 
 TINY = ["--preset", "smoke", "--set", "steps=20", "--set", "batch_size=128", "--set", "final_samples=512"]
 
 FLAKY = '''
 import math
 import torch
-from sesamo_bench.target import Target
+from sesamo_bench.core.target import Target
 
 
 class Flaky(Target):

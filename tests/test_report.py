@@ -10,7 +10,7 @@ import math
 import pytest
 
 from sesamo_bench.errors import UnknownNameError
-from sesamo_bench.report import (
+from sesamo_bench.outputs.report import (
     EMPTY,
     FORMATS,
     aggregate,

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sesamo_bench.cli import app
-from sesamo_bench.store import Store
+from sesamo_bench.harness.store import Store
 
 pytest.importorskip("submitit")
 

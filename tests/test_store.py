@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from sesamo_bench.errors import StoreError
-from sesamo_bench.store import Store, run_id, write_history_csv, write_json
+from sesamo_bench.harness.store import Store, run_id, write_history_csv, write_json
 
 
 def _record(i: int, status: str = "finished") -> dict:

@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy import integrate
 
-from sesamo_bench import metrics, plugins
-from sesamo_bench.report import render_report
-from sesamo_bench.train import breaking_sign_fn, evaluate, support
+from sesamo_bench.core import metrics
+from sesamo_bench import plugins
+from sesamo_bench.outputs.report import render_report
+from sesamo_bench.harness.train import breaking_sign_fn, evaluate, support
 
 from .helpers import bound, make_method
 from .test_report import make_run

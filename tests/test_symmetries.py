@@ -2,7 +2,7 @@
 
 Parametrised over the registry, so a symmetry file dropped into ``symmetries/`` is tested
 without writing a test: on the examples it declares (``Symmetry.examples``) or, without them, on
-the first shape of ``sesamo_bench.symmetry.EXAMPLE_SHAPES`` it acts on, exact and broken.
+the first shape of ``sesamo_bench.core.symmetry.EXAMPLE_SHAPES`` it acts on, exact and broken.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sesamo_bench import plugins
-from sesamo_bench.symmetry import examples
+from sesamo_bench.core.symmetry import examples
 from sesamo_bench.errors import ConfigError, IncompatibleError, UnknownNameError
 
 from .helpers import bound, example_id, symmetry_examples
@@ -99,7 +99,7 @@ def test_modulation_is_bijective_on_the_cell(name, shape, params, seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_penalty_sign_convention(name):
     """lambda < 0 strictly inside, > 0 outside, and the Lambda penalty is zero exactly inside."""
-    from sesamo_bench.loss import penalty
+    from sesamo_bench.core.loss import penalty
 
     sym = bound(name)
     y, _ = sym.canonicalize(torch.randn(256, *sym.shape))

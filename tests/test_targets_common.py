@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sesamo_bench import plugins
-from sesamo_bench.config import resolve
+from sesamo_bench.harness.config import resolve
 from sesamo_bench.errors import ConfigError
-from sesamo_bench.methods import METHODS
+from sesamo_bench.core.methods import METHODS
 
 BUILTIN = ["gaussian-mixture", "hubbard", "phi4-complex", "phi4-real"]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import integrate
 
-from sesamo_bench import phi4_reference, plugins
+from sesamo_bench.analysis import phi4_reference
+from sesamo_bench import plugins
 
 
 def loop_action_real(x: np.ndarray, kappa: float, lam: float, alpha: float) -> float:
@@ -136,8 +137,8 @@ def test_cached_reference_records_how_it_was_made():
 def test_cached_reference_agrees_with_an_independent_short_hmc_run():
     """A fresh short HMC chain (another seed, direct at alpha = 0.005 with Metropolis-tested flips)
     must agree with the shipped curve within the combined errors."""
-    from sesamo_bench import autocorr
-    from sesamo_bench.hmc import HMC, global_flip
+    from sesamo_bench.analysis import autocorr
+    from sesamo_bench.analysis.hmc import HMC, global_flip
 
     alpha = 0.005
     t = plugins.targets.create("phi4-real", {"alpha": alpha})

@@ -1,0 +1,110 @@
+"""``sesamo-bench measure``, ``hmc`` and ``reference``: observables of a trained flow, the HMC baseline,
+the suite's own exact references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import ConfigError
+from . import app
+from .results import names
+
+REFERENCES = ("phi4-real",)
+
+
+def _count(value: int, option: str, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{option} must be an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _print(recs: list[dict[str, Any]], wanted: list[str] | None, json_out: bool) -> None:
+    from ..outputs.observables import observable_rows, render_observables
+
+    typer.echo(render_observables(observable_rows(recs, wanted), "json" if json_out else "terminal"))
+
+
+@app.command("measure")
+def measure_cmd(
+    run: str = typer.Argument(..., help="run id or a unique prefix of it (a finished run)"),
+    observables: Optional[str] = typer.Option(None, "--observables", help="comma list of the target's primary "
+                                              "observables, or 'all' (default: all, with the derived ones)"),
+    samples: int = typer.Option(65536, "--samples", help="fresh samples drawn from the trained flow"),
+    mcmc: bool = typer.Option(False, "--mcmc", help="also run neural MCMC (independence Metropolis) on them"),
+    amortise: Optional[int] = typer.Option(None, "--amortise", help="samples the training time is spread over "
+                                           "in the cost per effective sample (default: --samples)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the draws and of the Metropolis decisions"),
+    store: Optional[Path] = typer.Option(None, "--store"),
+    json_out: bool = typer.Option(False, "--json", help="print only the estimates as a JSON array"),
+) -> None:
+    """Unbiased observables of a trained run: reweighting and neural MCMC, Gamma-method errors."""
+    from ..harness.measure import measure_run
+    from ..harness.store import open_existing
+
+    _count(samples, "--samples", 2, 10**8)
+    _count(seed, "--seed", 0, 2**32 - 1)
+    if amortise is not None:
+        _count(amortise, "--amortise", 1, 10**15)
+    wanted = names(observables)
+    rec = measure_run(open_existing(store), run, samples=samples, amortise=amortise, mcmc=mcmc, names=wanted,
+                      seed=seed)
+    _print([rec], wanted, json_out)
+
+
+@app.command("hmc")
+def hmc_cmd(
+    target: str = typer.Option(..., "--target", help="target plugin (see `list targets`)"),
+    set_: List[str] = typer.Option([], "--set", help="target parameter key=value (repeatable)"),
+    observables: Optional[str] = typer.Option(None, "--observables", help="comma list, or 'all' (default)"),
+    samples: int = typer.Option(16384, "--samples", help="states recorded, over all chains"),
+    chains: int = typer.Option(16, "--chains", help="independent chains run side by side"),
+    global_moves: bool = typer.Option(False, "--global-moves", help="add a global move: a random element of the "
+                                      "target's symmetry group, Metropolis-tested (exact also where broken)"),
+    leapfrog: int = typer.Option(10, "--leapfrog", help="leapfrog steps per trajectory"),
+    burn_in: int = typer.Option(200, "--burn-in", help="trajectories before recording (step size tuned)"),
+    thin: int = typer.Option(1, "--thin", help="trajectories between recorded states"),
+    seed: int = typer.Option(0, "--seed"),
+    store: Optional[Path] = typer.Option(None, "--store", help="results database (default: "
+                                         "./sesamo-runs/results.sqlite; created if missing)"),
+    json_out: bool = typer.Option(False, "--json", help="print only the estimates as a JSON array"),
+) -> None:
+    """HMC baseline: observables of a target with Gamma-method errors, recorded as method 'hmc'."""
+    from .. import plugins
+    from ..harness.grid import parse_assignments
+    from ..harness.measure import hmc_run
+    from ..harness.store import DEFAULT_STORE, Store
+
+    _count(samples, "--samples", 2, 10**8)
+    _count(chains, "--chains", 1, 4096)
+    _count(leapfrog, "--leapfrog", 1, 10**4)
+    _count(burn_in, "--burn-in", 0, 10**7)
+    _count(thin, "--thin", 1, 10**4)
+    _count(seed, "--seed", 0, 2**32 - 1)
+    wanted = names(observables)
+    tgt = plugins.targets.create(target, parse_assignments(set_, "--set"), table=f"target '{target}'")
+    rec = hmc_run(Store(store or DEFAULT_STORE), tgt, samples=samples, chains=chains, global_moves=global_moves,
+                  n_leapfrog=leapfrog, burn_in=burn_in, thin=thin, seed=seed, names=wanted)
+    _print([rec], wanted, json_out)
+
+
+@app.command("reference")
+def reference_cmd(
+    what: str = typer.Argument(..., help="the reference to regenerate: phi4-real"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the file shipped with the "
+                                       "package, sesamo_bench/data/phi4_real_breaking_ratio.json)"),
+    chains: int = typer.Option(256, "--chains", min=1, help="independent HMC chains"),
+    samples: int = typer.Option(8000, "--samples", min=2, help="recorded trajectories per chain"),
+    burn_in: int = typer.Option(400, "--burn-in", min=0, help="trajectories before recording"),
+    seed: int = typer.Option(20261201, "--seed", help="seed of the chains' random stream"),
+) -> None:
+    """Regenerate an exact reference by Monte Carlo (phi4-real: the breaking ratio R(alpha), a few CPU minutes)."""
+    if what not in REFERENCES:
+        raise ConfigError(f"reference: unknown reference {what!r}. Available: {', '.join(REFERENCES)}")
+    from ..analysis.phi4_reference import write
+
+    path = write(out=out, chains=chains, samples=samples, burn_in=burn_in, seed=seed,
+                 log=lambda m: typer.echo(f"... {m}", err=True))
+    typer.echo(str(path))

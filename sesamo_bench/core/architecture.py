@@ -1,0 +1,223 @@
+r"""The architecture contract: a flow g is a bijection on a declared :class:`Domain`.
+
+An architecture plugin is one file in ``architectures/`` defining a subclass of
+:class:`Architecture` with a ``name``; it is discovered like the symmetry and target plugins
+(:mod:`sesamo_bench.registry`: built-ins, ``SESAMO_BENCH_PLUGINS``, entry-point group
+``sesamo_bench.architectures``). Its constructor is ``__init__(self, domain, *, ...)``: the
+keyword-only arguments are the configuration schema (``--set flow.<key>=...``, a
+``benchmarks.toml`` table), ``domain`` is given by the method that uses the flow.
+
+The contract (checked by ``tests/test_architectures.py`` for every registered architecture):
+
+- ``forward(z) -> (x, ladj)`` and ``inverse(x) -> (z, ladj_inv)`` on flat ``(N, D)`` tensors,
+  ``D = domain.dim``, with ``ladj = ln|det dx/dz|`` computed together with the value, in the
+  input's dtype, and ``inverse(forward(z)) = (z, -ladj)``;
+- :meth:`Architecture.accepts` says whether a domain fits (``None``) or why not, so a method
+  refuses a combination at construction instead of at the first forward pass;
+- ``equivariance`` declares the groups the flow commutes with: ``"translation"`` (shifts of the
+  lattice that keep the checkerboard, i.e. by an even total number of sites) and symmetry names
+  such as ``"u1"`` (global phase rotations of a complex field); a method may rely on them
+  (:class:`~sesamo_bench.core.methods.SESaMo` on U(1) does);
+- ``near_identity``: a fresh flow is the identity (the last layer of each conditioner is zero).
+
+A field on a periodic lattice is flattened in C order from ``(N, *domain.shape)``, where the
+first ``domain.lattice`` axes are the lattice and the rest are the components at a site
+(nothing for a real field, ``(2,)`` for a complex one).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError, IncompatibleError, InputOutsideDomain
+
+#: constructor arguments filled by the runner, not by the configuration (execution settings)
+EXECUTION = ("kernels",)
+
+
+@dataclass(frozen=True)
+class Domain:
+    r"""What a flow acts on: R^D, optionally with the structure of a periodic lattice.
+
+    Attributes:
+        shape: the event shape; the flow sees flat ``(N, prod(shape))`` tensors.
+        lattice: number of leading axes of ``shape`` that are periodic lattice axes
+            (0: no lattice structure, a plain vector).
+        particles: ``(n, d)`` for ``n`` identical particles in ``d`` dimensions, stored in the
+            centre-of-mass-free coordinates of :mod:`sesamo_bench.core.particles` (shape
+            ``((n - 1) d,)``); ``None`` otherwise.
+
+    Example:
+        >>> d = Domain((8, 8, 2), lattice=2)
+        >>> d.dim, d.sites, d.channels, d.kind
+        (128, (8, 8), 2, 'lattice')
+    """
+
+    shape: tuple[int, ...]
+    lattice: int = 0
+    particles: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if not 0 <= self.lattice <= len(self.shape):
+            raise ValueError(f"Domain: lattice={self.lattice} axes but shape {self.shape}")
+        if self.particles is not None:
+            n, d = (int(v) for v in self.particles)
+            object.__setattr__(self, "particles", (n, d))
+            if self.lattice or n < 2 or d < 1 or self.shape != ((n - 1) * d,):
+                raise ValueError(f"Domain: {n} particles in {d}-D need shape ({(n - 1) * d},), got {self.shape}")
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def sites(self) -> tuple[int, ...]:
+        return self.shape[: self.lattice]
+
+    @property
+    def channels(self) -> int:
+        return math.prod(self.shape[self.lattice:])
+
+    @property
+    def kind(self) -> str:
+        if self.particles is not None:
+            return "particles"
+        return "lattice" if self.lattice else "flat"
+
+    def describe(self) -> str:
+        if self.particles is not None:
+            n, d = self.particles
+            return f"{n} identical particles in {d}-D (centre-of-mass-free coordinates, R^{self.dim})"
+        if self.lattice:
+            field_kind = {1: "real", 2: "complex"}.get(self.channels, f"{self.channels}-component")
+            return f"a {field_kind} field on a periodic {'x'.join(map(str, self.sites))} lattice"
+        return f"R^{self.dim} (no lattice structure)"
+
+
+class Architecture(nn.Module):
+    r"""Base class of architecture plugins (a bijection g on a :class:`Domain`).
+
+    Class attributes:
+        name: registry name (``--set flow=NAME``).
+        description: one line for ``sesamo-bench list architectures``.
+        domains: the domain kinds accepted, ``"flat"``, ``"lattice"`` and/or ``"particles"``.
+        equivariance: groups g commutes with (``"translation"``, ``"u1"``, ...).
+        near_identity: whether a fresh flow is the identity.
+        run_fields: the architecture takes the run configuration's ``couplings``,
+            ``hidden_layers``, ``width``, ``activation`` and ``scale_bound`` (as ``realnvp`` does).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    domains: ClassVar[tuple[str, ...]] = ("flat", "lattice", "particles")
+    equivariance: ClassVar[tuple[str, ...]] = ()
+    near_identity: ClassVar[bool] = True
+    run_fields: ClassVar[bool] = False
+    domain: Domain
+    dim: int
+
+    @classmethod
+    def accepts(cls, domain: Domain) -> str | None:
+        """``None`` if the flow can act on ``domain``, else the reason it cannot (one phrase)."""
+        if domain.kind not in cls.domains:
+            return f"acts on {' or '.join(cls.domains)} domains, not on {domain.describe()}"
+        return None
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`InputOutsideDomain` unless ``x`` is ``(N, D)``."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise InputOutsideDomain(f"Expected input shape (N, {self.dim}); got {tuple(x.shape)}")
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """x = g(z) and ln|det dg/dz|, shapes ``(N, D)`` and ``(N,)``."""
+        raise NotImplementedError
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """z = g^{-1}(x) and ln|det dg^{-1}/dx|."""
+        raise NotImplementedError
+
+
+def target_domain(target: Any) -> Domain:
+    """The domain of a target's field: its shape, with its periodic lattice axes (``Target.lattice``)
+    or its particles (``Target.particles``)."""
+    particles = getattr(target, "particles", None)
+    if particles is not None:
+        return Domain(tuple(target.shape), particles=tuple(particles))
+    lattice = getattr(target, "lattice", None)
+    axes = len(lattice) if isinstance(lattice, tuple) and tuple(target.shape[: len(lattice)]) == lattice else 0
+    return Domain(tuple(target.shape), lattice=axes)
+
+
+def schema(cls: type) -> dict[str, Any]:
+    """An architecture's configuration schema: keyword-only constructor arguments and defaults."""
+    sig = inspect.signature(cls.__init__)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.name not in EXECUTION}
+
+
+def registry():
+    from .. import plugins
+
+    return plugins.architectures
+
+
+def check_params(name: str, params: dict[str, Any], *, where: str = "--set") -> dict[str, Any]:
+    """Validate ``flow.<key>`` values against architecture ``name``'s schema; coerced copy."""
+    from ..registry import _coerce
+
+    cls = registry().get(name)
+    sch = schema(cls)
+    table = f"{where}: architecture '{name}'"
+    unknown = sorted(set(params) - set(sch))
+    if unknown:
+        raise ConfigError(f"{table}: unknown key '{unknown[0]}'. Allowed: {', '.join(sorted(sch)) or '(none)'}")
+    return {k: _coerce(v, sch[k], k, table) for k, v in params.items()}
+
+
+@dataclass
+class FlowSpec:
+    r"""An architecture chosen by name with its parameters; :meth:`build` makes the flow.
+
+    A method receives a ``FlowSpec`` (it knows the domain its flow acts on only after looking at
+    the symmetry and at what the architecture declares) and calls :meth:`build` once.
+
+    Example:
+        >>> spec = FlowSpec("realnvp", {"couplings": 2, "width": 8})
+        >>> f = spec.build(Domain((4,)))
+        >>> f.dim, type(f).name
+        (4, 'realnvp')
+    """
+
+    name: str = "realnvp"
+    params: dict[str, Any] = field(default_factory=dict)
+    kernels: str = "auto"
+
+    @functools.cached_property
+    def cls(self) -> type[Architecture]:
+        return registry().get(self.name)
+
+    def build(self, domain: Domain, *, what: str = "") -> Architecture:
+        """The flow on ``domain``; :class:`IncompatibleError` if the architecture does not fit."""
+        reason = self.cls.accepts(domain)
+        if reason is not None:
+            raise IncompatibleError(f"architecture '{self.name}' {reason}" + (f" ({what})" if what else ""))
+        params = check_params(self.name, self.params)
+        if "kernels" in inspect.signature(self.cls.__init__).parameters:
+            params["kernels"] = self.kernels
+        try:
+            return self.cls(domain, **params)
+        except (ConfigError, IncompatibleError):
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"architecture '{self.name}': {exc}") from None
+
+    def label(self) -> str:
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return self.name + (f"({inner})" if inner else "")

@@ -1,0 +1,119 @@
+r"""Identical particles without their centre of mass: the coordinates every particle target uses.
+
+An energy E(x) of ``n`` particles at positions ``x`` ``(N, n, d)`` that is invariant under
+translations has no normalisable Boltzmann density on R^{n d}: exp(-E) is constant along the
+centre of mass. The suite therefore works on the mean-free subspace {x : sum_i x_i = 0} of
+dimension ``(n - 1) d``, through the Helmert basis: the ``(n - 1, n)`` matrix ``H`` with
+orthonormal rows orthogonal to ``(1, ..., 1)``,
+
+    y = H x  (reduced coordinates, ``(N, n - 1, d)``),   x = H^T y  (mean-free positions).
+
+Because ``H H^T = 1``, ``y -> H^T y`` is an isometry onto the mean-free subspace: a density in
+``y`` is a density with respect to the Lebesgue measure of that subspace, and ESS, ln Z and
+every flow's log-determinant are defined there (ln Z is the log partition function
+int_{sum x_i = 0} exp(-E) dx on the subspace). Rotations and reflections act on every particle
+alike and so act on ``y`` in the same way (``y_k -> R y_k``); a permutation ``P`` of the particles
+acts on ``y`` as the orthogonal matrix ``H P H^T``. Flattened configurations are particle-major:
+``(y_1^1, ..., y_1^d, y_2^1, ...)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .target import Target
+
+
+@functools.lru_cache(maxsize=None)
+def _helmert(n: int) -> Tensor:
+    h = torch.zeros(n - 1, n, dtype=torch.float64)
+    for k in range(1, n):
+        h[k - 1, :k] = 1.0
+        h[k - 1, k] = -float(k)
+        h[k - 1] /= float(k * (k + 1)) ** 0.5
+    return h
+
+
+def helmert(n: int, *, like: Tensor | None = None) -> Tensor:
+    r"""The ``(n - 1, n)`` Helmert basis of the mean-free subspace of R^n (orthonormal rows).
+
+    Example:
+        >>> h = helmert(3)
+        >>> torch.allclose(h @ h.T, torch.eye(2, dtype=h.dtype)), float(h.sum(1).abs().max()) < 1e-12
+        (True, True)
+    """
+    h = _helmert(int(n))
+    return h if like is None else h.to(dtype=like.dtype, device=like.device)
+
+
+def to_positions(y: Tensor, n: int, d: int) -> Tensor:
+    """Mean-free positions ``(N, n, d)`` of reduced coordinates ``y`` ``(N, (n - 1) d)``."""
+    return torch.einsum("kn,bkd->bnd", helmert(n, like=y), y.reshape(y.shape[0], n - 1, d))
+
+
+def to_reduced(x: Tensor) -> Tensor:
+    r"""Reduced coordinates ``(N, (n - 1) d)`` of positions ``x`` ``(N, n, d)``; the centre of mass is
+    dropped, so ``to_positions(to_reduced(x))`` is ``x`` minus its centre of mass.
+
+    Example:
+        >>> x = torch.randn(5, 4, 2, dtype=torch.float64)
+        >>> back = to_positions(to_reduced(x), 4, 2)
+        >>> torch.allclose(back, x - x.mean(1, keepdim=True))
+        True
+    """
+    h = helmert(x.shape[1], like=x)
+    return torch.einsum("kn,bnd->bkd", h, x).reshape(x.shape[0], -1)
+
+
+def pair_indices(n: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(i, j)`` of the ``n (n - 1) / 2`` unordered pairs ``i < j``."""
+    return torch.triu_indices(n, n, offset=1).unbind(0)
+
+
+def pair_distances(x: Tensor) -> Tensor:
+    """Distances ``|x_i - x_j|`` of the unordered pairs of positions ``x`` ``(N, n, d)``: ``(N, n (n - 1) / 2)``."""
+    i, j = pair_indices(x.shape[1])
+    return (x[:, i] - x[:, j]).norm(dim=-1)
+
+
+class ParticleTarget(Target):
+    r"""Base class of targets of ``n`` identical particles in ``d`` dimensions with a
+    translation-invariant energy; the field is the reduced coordinates ``(N, (n - 1) d)``.
+
+    Subclasses set ``n_particles`` and ``spatial_dim`` (in the constructor) and implement
+    :meth:`energy` on positions; :meth:`action` is ``energy(to_positions(y)) / temperature``.
+    """
+
+    #: the particle count and spatial dimension (set by the constructor)
+    n_particles: int = 0
+    spatial_dim: int = 0
+    temperature: float = 1.0
+    dtype: ClassVar[torch.dtype | None] = None
+
+    def _set_particles(self, n: int, d: int) -> None:
+        self.n_particles, self.spatial_dim = int(n), int(d)
+        self.shape = ((self.n_particles - 1) * self.spatial_dim,)
+
+    @property
+    def particles(self) -> tuple[int, int]:
+        """``(n, d)``: what :func:`sesamo_bench.core.architecture.target_domain` reads."""
+        return self.n_particles, self.spatial_dim
+
+    def energy(self, x: Tensor) -> Tensor:
+        """E(x) of positions ``x`` ``(N, n, d)`` (mean-free or not), shape ``(N,)``."""
+        raise NotImplementedError
+
+    def positions(self, y: Tensor) -> Tensor:
+        """Mean-free positions ``(N, n, d)`` of configurations ``y`` ``(N, (n - 1) d)``."""
+        return to_positions(y, self.n_particles, self.spatial_dim)
+
+    def reduced(self, x: Tensor) -> Tensor:
+        """Configurations ``(N, (n - 1) d)`` of positions ``x`` ``(N, n, d)`` (centre of mass dropped)."""
+        return to_reduced(x)
+
+    def action(self, y: Tensor) -> Tensor:
+        return self.energy(self.positions(y)) / self.temperature

@@ -1,0 +1,234 @@
+r"""Planning a grid of runs: targets x methods x seeds x sweep values, all validated up front.
+
+:func:`plan` resolves every run's :class:`~sesamo_bench.harness.config.RunConfig` and, once per
+(sweep point, method), builds the target, the symmetry and the model on the CPU and checks an
+exact symmetry against the action (:func:`sesamo_bench.harness.train.check_exact`), so that bad input
+fails before anything is trained or written to the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import plugins
+from .config import HYPER, RunConfig, resolve
+from ..errors import ConfigError, IncompatibleError
+from ..core.methods import METHODS, method_class
+from .store import run_id
+
+
+@dataclass
+class GridRequest:
+    r"""What the user asked for (from the command line or a ``benchmarks.toml`` table).
+
+    Attributes:
+        target: target name.
+        methods: method names; ``None`` means all methods (incompatible ones are skipped with a note).
+        seeds: seeds, each >= 0.
+        preset: ``smoke``, ``quick`` or ``paper``.
+        overrides: ``key -> value`` for target parameters, hyperparameters and ``symmetry.<param>``.
+        method_overrides: ``method -> {key: value}`` hyperparameters for one method.
+        sweeps: ``key -> [values]``; one run per combination of values.
+        symmetry: symmetry name replacing the target's default one.
+        benchmark: name of the ``benchmarks.toml`` benchmark (part of the run id).
+    """
+
+    target: str
+    methods: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    preset: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweeps: dict[str, list[Any]] = field(default_factory=dict)
+    symmetry: str | None = None
+    benchmark: str | None = None
+
+
+@dataclass
+class PlannedRun:
+    """One validated run: its configuration, id, benchmark and parameters (target + sweep values)."""
+
+    config: RunConfig
+    run_id: str
+    benchmark: str | None
+    params: dict[str, Any]
+
+
+def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
+    """Resolve and validate a grid; returns the runs and notes (e.g. skipped methods)."""
+    from .train import build_model, prepare
+
+    plugins.targets.get(req.target)
+    implicit = req.methods is None
+    methods = list(METHODS) if implicit else list(dict.fromkeys(req.methods))
+    if not methods:
+        raise ConfigError("no methods given")
+    for m in methods:
+        method_class(m)
+    for m in req.method_overrides:
+        method_class(m)
+    if not req.seeds:
+        raise ConfigError("no seeds given")
+    for s in req.seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < SEED_LIMIT:
+            raise ConfigError(f"seeds must be integers >= 0 and < 2**32 ({SEED_LIMIT}), got {s!r}")
+    for key, values in req.sweeps.items():
+        if not values:
+            raise ConfigError(f"sweep '{key}' has no values")
+    seeds = list(dict.fromkeys(req.seeds))
+    points = [dict(zip(req.sweeps, combo)) for combo in itertools.product(*req.sweeps.values())] or [{}]
+    runs: list[PlannedRun] = []
+    notes: list[str] = []
+    skipped: set[str] = set()
+    seen: set[str] = set()
+    for point in points:
+        overrides = {**req.overrides, **point}
+        for method in methods:
+            if method in skipped:
+                continue
+            cfgs = [resolve(req.target, method, seed=s, preset=req.preset, overrides=overrides,
+                            method_overrides=req.method_overrides.get(method)) for s in seeds]
+            if req.symmetry is not None:
+                cfgs = [dataclasses.replace(c, symmetry=req.symmetry) for c in cfgs]
+            cfg = cfgs[0]  # the seeds share everything checked here: target, symmetry and model built once
+            target, sym = prepare(cfg)
+            try:
+                build_model(dataclasses.replace(cfg, device="cpu"), target, sym)
+            except IncompatibleError as exc:
+                if not implicit:
+                    raise
+                skipped.add(method)
+                notes.append(f"skipping {method} on {req.target}: {exc}")
+                continue
+            tparams = target.params()
+            params = dict(tparams)
+            for key in point:
+                if key in tparams:
+                    continue
+                if key.startswith("symmetry."):
+                    params[key] = cfg.symmetry_params.get(key.split(".", 1)[1])
+                elif key in HYPER:
+                    params[key] = getattr(cfg, key)
+            shadow = plugin_sources(cfg, target)
+            for c in cfgs:
+                ident = c.to_dict()
+                ident["target_params"] = tparams
+                if shadow:  # a plugin in place of a built-in of the same name: its own runs
+                    ident["plugin_sources"] = shadow
+                rid = run_id(ident, req.benchmark)
+                if rid not in seen:  # e.g. --sweep beta=1,1.0
+                    seen.add(rid)
+                    runs.append(PlannedRun(c, rid, req.benchmark, params))
+    if not runs:
+        raise IncompatibleError(f"no method can run on target '{req.target}' ({'; '.join(notes)})")
+    return runs, notes
+
+
+def grid_request(*, target: str | None, methods: str | None, preset: str | None, seeds: str | None,
+                 sets: list[str], sweeps: list[str], device: str | None, dtype: str | None,
+                 benchmark: str | None, benchmarks_file: Path | None):
+    """Combine the options of ``sesamo-bench run`` (strings as typed; ``None`` where not given) and
+    a benchmark of ``benchmarks.toml`` into a :class:`GridRequest` (the options win)."""
+    from . import benchmarks
+    from .config import check_hyper
+
+    overrides: dict[str, Any] = dict(parse_assignments(sets, "--set"))
+    if device is not None:
+        overrides["device"] = check_hyper("device", device, "--device")
+    if dtype is not None:
+        overrides["dtype"] = check_hyper("dtype", dtype, "--dtype")
+    sweep_values = parse_sweeps(sweeps)
+    method_list = None if methods is None or methods.strip() == "all" else parse_list(methods, "--methods")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if benchmark is not None:
+        if target is not None:
+            raise ConfigError("--target cannot be combined with --benchmark (the benchmark names its target)")
+        req = benchmarks.get(benchmark, benchmarks_file).request
+        req.overrides.update(overrides)
+        req.sweeps.update(sweep_values)
+        if methods is not None:
+            req.methods = method_list
+        if seed_list is not None:
+            req.seeds = seed_list
+        if preset is not None:
+            req.preset = preset
+        return req
+    if benchmarks_file is not None:
+        raise ConfigError("--benchmarks-file needs --benchmark NAME")
+    if target is None:
+        raise ConfigError("give --target NAME (see `sesamo-bench list targets`) or --benchmark NAME")
+    return GridRequest(target=target, methods=method_list, seeds=seed_list or [0, 1, 2],
+                            preset=preset or "quick", overrides=overrides, sweeps=sweep_values)
+
+
+#: seeds are used modulo 2**32 by some generators: larger ones are refused rather than aliased
+SEED_LIMIT = 2**32
+
+
+def plugin_sources(cfg: RunConfig, target: Any) -> dict[str, str]:
+    """``{"target:<name>": sha256, "symmetry:<name>": sha256}`` of the plugins of a run that shadow
+    a built-in plugin of the same name (empty when the built-ins are used: their run ids stay)."""
+    out = {}
+    sym = cfg.symmetry or target.symmetry()[0]
+    for kind, registry, name in (("target", plugins.targets, cfg.target), ("symmetry", plugins.symmetries, sym)):
+        digest = registry.shadow_digest(name)
+        if digest is not None:
+            out[f"{kind}:{name}"] = digest
+    return out
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]``; empty items are an error."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise ConfigError(f"{what}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    out = []
+    for item in parse_list(text, "--seeds"):
+        try:
+            s = int(item)
+        except ValueError:
+            raise ConfigError(f"--seeds: expected integers >= 0, got {item!r}") from None
+        if not 0 <= s < SEED_LIMIT:
+            raise ConfigError(f"--seeds: seeds must be >= 0 and < 2**32 ({SEED_LIMIT}; larger seeds would repeat "
+                              f"smaller ones), got {s}")
+        out.append(s)
+    return out
+
+
+def parse_assignments(items: list[str], option: str) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{k: v}``; a missing ``=`` or empty key is an error."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option}: expected key=value, got {item!r}")
+        if key in out:
+            raise ConfigError(f"{option}: key '{key}' given twice ({key}={out[key]} and {key}={value.strip()}); "
+                              f"give each key once")
+        out[key] = value.strip()
+    return out
+
+
+def parse_sweeps(items: list[str]) -> dict[str, list[str]]:
+    """``["beta=1,1.5,2"]`` -> ``{"beta": ["1", "1.5", "2"]}``.
+
+    Values are separated by commas; for list-valued parameters separate the alternatives with
+    ``/`` (``shape=8,8/16,16``).
+    """
+    out = {}
+    for key, value in parse_assignments(items, "--sweep").items():
+        sep = "/" if "/" in value else ","
+        values = [v.strip() for v in value.split(sep)]
+        if any(not v for v in values):
+            raise ConfigError(f"--sweep {key}: empty value in {value!r}")
+        out[key] = values
+    return out

@@ -1,0 +1,677 @@
+r"""Build a model from a :class:`~sesamo_bench.harness.config.RunConfig`, train it, evaluate it.
+
+Training minimises the self-reparametrized KL (paper Eq. 18) with Adam and, by default, the
+paper's plateau rule (App. I; ``lr_schedule = "cosine"`` anneals instead, for short budgets):
+every step the standard deviation of the last ``lr_window`` losses is fed to
+:class:`torch.optim.lr_scheduler.ReduceLROnPlateau`, which multiplies the learning rate by
+``lr_factor`` when it has not improved for ``lr_patience`` steps (floor ``lr_min``).
+
+ESS and ln Z are evaluated under ``no_grad`` every ``eval_every`` steps from the exact density
+(:meth:`~sesamo_bench.core.methods.Method.log_prob`), and once more at the end on ``final_samples``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core import kernels, metrics
+from .. import plugins
+from .config import RunConfig
+from .record import METRICS
+from ..errors import ConfigError, DivergedError, IncompatibleError
+from ..core.flows import MLP
+from ..core.loss import log_weights, penalty, self_reparametrized_kl
+from ..core.architecture import target_domain
+from ..core.methods import Method, method_class
+from ..core.symmetry import Symmetry
+from ..core.target import Target
+
+
+class CheckpointError(Exception):
+    """``checkpoint.pt`` cannot be used: unreadable, truncated, not a sesamo-bench checkpoint or
+    holding something other than tensors and plain values (it is never unpickled as objects)."""
+
+
+class Interrupted(Exception):
+    """Raised by :func:`train` when ``should_stop`` asks it to stop; a checkpoint was written."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"interrupted at step {step}")
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' is not available on this machine (torch sees no CUDA GPU); use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda; got {name!r}")
+    return torch.device(name)
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(name: str, target: Target) -> torch.dtype:
+    return (target.dtype or torch.float32) if name == "auto" else _DTYPES[name]
+
+
+def resolve_mlp_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """dtype of the conditioner MLPs: ``auto`` is the run's ``dtype``."""
+    return dtype if name == "auto" else _DTYPES[name]
+
+
+def build_target(cfg: RunConfig) -> Target:
+    return plugins.targets.create(cfg.target, cfg.target_params, table=f"target '{cfg.target}'")
+
+
+def build_symmetry(cfg: RunConfig, target: Target):
+    default = method_class(cfg.method).symmetry_for(target)
+    name = cfg.symmetry or default[0]
+    params = {**default[1], **cfg.symmetry_params} if name == default[0] else dict(cfg.symmetry_params)
+    sym = plugins.symmetries.create(name, params, table=f"symmetry '{name}'")
+    return sym.bind(target.shape)
+
+
+def check_exact(sym, target: Target, *, n: int = 64, dtype=torch.float64, seed: int = 1234) -> None:
+    """A symmetry used as exact must leave the action invariant: checked on random fields."""
+    if getattr(sym, "broken", False):
+        return
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *target.shape, dtype=dtype, generator=gen) * 1.5
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        u = sym.random_elements(n, x)
+    finally:
+        torch.set_rng_state(state)
+    f0, f1 = target.action(x), target.action(sym.act(x, u))
+    tol = 1e-6 * (1 + f0.abs())
+    if not bool(((f0 - f1).abs() <= tol).all()):
+        raise IncompatibleError(
+            f"symmetry '{sym.name}' is declared exact but does not leave the action of target "
+            f"'{target.name}' invariant (set symmetry.broken=true or choose another symmetry)"
+        )
+
+
+def memory_limit() -> int:
+    """Bytes this process can use at most: physical memory, or the cgroup's limit when lower."""
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        limit = 1 << 40
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < limit:
+            limit = int(text)
+    return limit
+
+
+def estimate_bytes(cfg: RunConfig, shape: tuple[int, ...]) -> int:
+    r"""A generous estimate of the memory one run needs, from its sizes alone (nothing is allocated):
+    parameters with gradients and Adam moments, the activations of one training batch kept for the
+    backward pass, one evaluation chunk, the log-weights of the largest evaluation and the saved
+    samples, at 8 bytes a number, plus ~4 KiB of Python objects per layer."""
+    dim = math.prod(int(n) for n in shape) if shape else 1
+    w, h, c = cfg.width, cfg.hidden_layers, cfg.couplings
+    per_mlp = (dim * w + (h - 1) * w * w + w * 2 * dim) if h > 0 else 2 * dim * dim
+    params = c * (per_mlp + 2 * dim)
+    per_sample = c * (h * w + 6 * dim) + 4 * dim  # activations of one sample through the flow
+    train = 3 * cfg.batch_size * per_sample
+    evaluation = min(16384, max(cfg.eval_samples, cfg.final_samples)) * per_sample
+    weights = 4 * max(cfg.eval_samples, cfg.final_samples) + 2 * min(cfg.save_samples, cfg.final_samples) * dim
+    return 8 * (4 * params + train + evaluation + weights) + 4096 * c * (h + 3)
+
+
+def check_size(cfg: RunConfig, target: Target) -> None:
+    """Refuse (:class:`ConfigError`, one line) a run whose sizes cannot fit in this machine's memory."""
+    need, have = estimate_bytes(cfg, tuple(target.shape)), memory_limit()
+    if need > have:
+        sizes = (f"width={cfg.width}, hidden_layers={cfg.hidden_layers}, couplings={cfg.couplings}, "
+                 f"batch_size={cfg.batch_size}, eval_samples={cfg.eval_samples}, final_samples={cfg.final_samples}, "
+                 f"save_samples={cfg.save_samples}, field shape {tuple(target.shape)}")
+        raise ConfigError(f"{cfg.target}/{cfg.method}: the run would need about {need / 2**30:.3g} GiB of memory "
+                          f"({sizes}), more than the {have / 2**30:.3g} GiB of this machine; reduce these sizes")
+
+
+def check_finite_action(target: Target, *, n: int = 16, seed: int = 4321) -> None:
+    """The action must be finite on standard-normal fields (a parameter like u=1e308 overflows it)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *target.shape, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        f = target.action(x)
+    if not bool(torch.isfinite(f).all()):
+        params = ", ".join(f"{k}={v}" for k, v in target.params().items())
+        raise ConfigError(f"target '{target.name}': its action is not finite on standard-normal fields "
+                          f"with {params} (a parameter is too large or too small)")
+
+
+def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
+    r"""The method ``cfg.method`` for ``target`` (with the bound symmetry ``sym``), from the
+    architecture, prior, device and dtypes of ``cfg``. Draws its initial weights from torch's global
+    generator, and touches no other process state.
+    """
+    mcls = method_class(cfg.method)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
+    kwargs = dict(flow=cfg.flow_spec(), lattice=target_domain(target).lattice, prior_mean=cfg.prior_mean,
+                  prior_var=cfg.prior_var, kernels=cfg.kernels, **mcls.options(cfg))
+    try:
+        model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, (ConfigError, IncompatibleError)):
+            raise
+        raise ConfigError(f"{cfg.method}: {exc}") from None
+    model = model.to(device=device, dtype=dtype)
+    mlp_dtype = resolve_mlp_dtype(cfg.mlp_dtype, dtype)
+    if mlp_dtype != dtype:  # mixed precision: only the conditioners change dtype (flows.MLP)
+        for m in model.modules():
+            if isinstance(m, MLP):
+                m.to(dtype=mlp_dtype)
+    return model
+
+
+def prepare(cfg: RunConfig) -> tuple[Target, Symmetry | None]:
+    r"""The target and bound symmetry of a run, with every check before a model is built: the
+    device exists, the sizes fit in memory, the action is finite, and a symmetry used as exact
+    leaves the action invariant (one-line :class:`~sesamo_bench.errors.ConfigError` otherwise)."""
+    resolve_device(cfg.device)
+    target = build_target(cfg)
+    check_size(cfg, target)  # before anything the size of the run is allocated
+    check_finite_action(target)
+    sym = None
+    if method_class(cfg.method).needs_symmetry or cfg.symmetry:
+        sym = build_symmetry(cfg, target)
+        check_exact(sym, target)
+    return target, sym
+
+
+def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
+    """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
+    target, sym = prepare(cfg)
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
+    return target, build_model(cfg, target, sym), device, dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+class EvaluationStopped(Exception):
+    """:func:`evaluate` saw ``should_stop`` return True between two chunks."""
+
+
+@dataclass
+class Evaluation:
+    ess: float
+    log_z: float
+    log_z_err: float
+    ess_path: float
+    outside_cell: float
+    x: Tensor | None = None
+    log_w: Tensor | None = None
+    #: ESS x N, and whether it is large enough for ``log_z_err`` (metrics.MIN_EFFECTIVE_SAMPLES)
+    ess_n: float | None = None
+    log_z_err_reliable: bool | None = None
+    #: importance-weighted breaking ratio of the samples and its error (where ``sign_fn`` is given)
+    breaking_ratio_is: float | None = None
+    breaking_ratio_is_err: float | None = None
+
+
+@torch.no_grad()
+def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep: int = 0,
+             should_stop: Callable[[], bool] | None = None,
+             sign_fn: Callable[[Tensor], Tensor | None] | None = None) -> Evaluation:
+    """ESS and ln Z from ``n`` fresh samples, with the exact density; ``keep`` samples returned.
+
+    ``should_stop`` is polled before every chunk; when it returns True :class:`EvaluationStopped`
+    is raised (the caller writes its checkpoint and stops). ``sign_fn`` (a symmetry's
+    ``breaking_sign``) adds the importance-weighted breaking ratio."""
+    was = model.training
+    model.eval()
+    lw, lw_path, outside, xs, signs = [], [], 0, [], []
+    done = 0
+    while done < n:
+        if should_stop is not None and should_stop():
+            model.train(was)
+            raise EvaluationStopped()
+        m = min(chunk, n - done)
+        s = model.sample(m)
+        lp = target.log_prob(s.x)
+        lw.append(log_weights(lp, model.log_prob(s.x)).double())
+        lw_path.append(log_weights(lp, s.log_q).double())
+        if s.cell is not None:
+            outside += int((model.symmetry.penalty_fn(s.cell) > 0).sum())
+        if sign_fn is not None and (sg := sign_fn(s.x)) is not None:
+            signs.append(sg.cpu())
+        if len(xs) * chunk < keep:
+            xs.append(s.x.detach())
+        done += m
+    model.train(was)
+    log_w = torch.cat(lw).cpu()
+    lz, lz_err = metrics.log_z(log_w)
+    x = torch.cat(xs)[:keep].cpu() if keep else None
+    n_eff = metrics.effective_samples(log_w)
+    r_is = metrics.weighted_breaking_ratio(log_w, torch.cat(signs)) if signs else (None, None)
+    return Evaluation(metrics.ess(log_w), lz, lz_err, metrics.ess(torch.cat(lw_path).cpu()), outside / n,
+                      x, log_w[:keep] if keep else None, n_eff, metrics.error_reliable(n_eff), *r_is)
+
+
+@torch.no_grad()
+def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16384) -> dict[str, Any]:
+    r"""The target mass where the model has no support (ln q = -inf), from ``n`` reference samples of p.
+
+    The samples come from :meth:`Target.reference_samples` (exact draws or the suite's HMC) with
+    their own generator, so the run's random stream is untouched. Returns the metrics
+    ``support_missing``, ``support_missing_err`` (binomial), ``support_missing_count`` and
+    ``support_reference_n``; all ``None`` where the target has no reference samples.
+    """
+    gen = torch.Generator().manual_seed(10007 * seed + 1)
+    ref = target.reference_samples(n, generator=gen)
+    if ref is None:
+        return dict.fromkeys(("support_missing", "support_missing_err", "support_missing_count",
+                              "support_reference_n"))
+    p = next(model.parameters())
+    was = model.training
+    model.eval()
+    lq = torch.cat([model.log_prob(ref[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu()
+                    for i in range(0, ref.shape[0], chunk)])
+    model.train(was)
+    mass, err, count = metrics.missing_support(lq)
+    return {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
+            "support_reference_n": int(ref.shape[0])}
+
+
+def breaking_sign_fn(cfg: RunConfig, model: Method, target: Target,
+                     device: torch.device) -> Callable[[Tensor], Tensor | None] | None:
+    """The breaking sign of the run's symmetry (the target's for ``realnvp``), or ``None`` without one."""
+    sym = model.symmetry
+    if sym is None:
+        try:
+            sym = build_symmetry(cfg, target).to(device)
+        except (ConfigError, IncompatibleError, TypeError, ValueError):
+            return None
+    if sym.breaking_sign(torch.zeros(1, *target.shape, device=device)) is None:
+        return None
+    return sym.breaking_sign
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """What one run produced."""
+
+    config: RunConfig
+    status: str
+    steps: int
+    wall_s: float
+    ess: float | None = None
+    log_z: float | None = None
+    log_z_err: float | None = None
+    ess_path: float | None = None
+    outside_cell: float | None = None
+    breaking_ratio: float | None = None
+    breaking_ratio_exact: float | None = None
+    probabilities: list[float] | None = None
+    probabilities_exact: list[float] | None = None
+    log_z_exact: float | None = None
+    ess_n: float | None = None
+    log_z_err_reliable: bool | None = None
+    breaking_ratio_is: float | None = None
+    breaking_ratio_is_err: float | None = None
+    breaking_ratio_exact_err: float | None = None
+    support_missing: float | None = None
+    support_missing_err: float | None = None
+    support_missing_count: int | None = None
+    support_reference_n: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    error: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    samples: Tensor | None = None
+    sample_log_w: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        keys = ("ess", "log_z", "log_z_err", "ess_path", "outside_cell", "breaking_ratio",
+                "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact", *EXTRA_METRICS)
+        return {**{k: getattr(self, k) for k in keys}, **self.info}
+
+
+#: metrics added after the first release, declared in :class:`sesamo_bench.harness.record.RunRecord`
+#: (those with ``json=True`` are also ``run --json`` fields)
+EXTRA_METRICS = METRICS
+
+
+def param_groups(model: Method, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups: the flow, and the modulation's breaking parameters (``lr_breaking``)."""
+    mod = model.symmetry.modulation if model.symmetry is not None and model.uses_modulation else None
+    breaking = [p for p in mod.parameters() if p.requires_grad] if mod is not None else []
+    ids = {id(p) for p in breaking}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest}]
+    if breaking:
+        groups.append({"params": breaking, "lr": cfg.lr_breaking or cfg.lr})
+    return groups
+
+
+class Trainer:
+    r"""Optimizer, learning-rate schedule and one training step of a run.
+
+    A step draws ``batch_size`` samples, evaluates the self-reparametrized KL with the penalty
+    (paper Eqs. 11, 18), back-propagates and updates the flow and the breaking parameters with
+    (fused) Adam; the schedule is the paper's plateau rule or a cosine anneal (``lr_schedule``).
+    :func:`train` loops over :meth:`step`; the performance benchmark times it.
+    """
+
+    def __init__(self, cfg: RunConfig, model: Method, target: Target, device: torch.device):
+        self.cfg, self.model, self.target = cfg, model, target
+        # fused Adam: one kernel over all parameters instead of ~10 ops per tensor (CPU and CUDA)
+        self.opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+        if cfg.lr_schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.steps, eta_min=cfg.lr_min)
+        else:
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min)
+        self.losses: collections.deque[float] = collections.deque(maxlen=cfg.lr_window)
+        self.sample_fn = torch.compile(model.sample, dynamic=False) if cfg.compile else model.sample
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def loss(self) -> Tensor:
+        """The objective on one fresh batch (scalar, with graph)."""
+        cfg, model = self.cfg, self.model
+        s = self.sample_fn(cfg.batch_size)
+        log_w = log_weights(self.target.log_prob(s.x), s.log_q)
+        pen = (penalty(model.symmetry.penalty_fn(s.cell), a=cfg.penalty_a, b=cfg.penalty_b)
+               if s.cell is not None else None)
+        return self_reparametrized_kl(log_w, pen, gamma=cfg.gamma, log_v=s.log_v)
+
+    def step(self, step: int) -> float:
+        """One optimisation step; returns the loss. Raises :class:`DivergedError` on NaN/Inf."""
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss()
+        if not torch.isfinite(loss):
+            raise DivergedError(step, "loss")
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        lv = float(loss.detach())
+        self.losses.append(lv)
+        if self.cfg.lr_schedule == "cosine":
+            self.sched.step()
+        elif len(self.losses) >= 2:
+            self.sched.step(float(torch.tensor(list(self.losses)).std()))
+        return lv
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.losses.extend(state["losses"])
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def plain(value: Any) -> Any:
+    """``value`` as what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists, tuples,
+    numbers, strings, booleans and None (numpy arrays become tensors, numpy scalars numbers)."""
+    import numpy as np
+
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value) if type(value) in (list, tuple) else [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
+
+
+#: keys every checkpoint holds, and their types
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "opt": dict, "sched": dict, "losses": list, "history": list, "step": int,
+    "wall_s": (int, float), "rng": Tensor, "config": dict,
+}
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    r"""Read ``checkpoint.pt`` safely: ``torch.load(weights_only=True)`` (tensors and plain values
+    only: a pickled object is refused, never run), then the keys and their types are checked.
+
+    Raises:
+        CheckpointError: the file is empty, truncated, damaged, not a checkpoint or holds objects.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {path} is empty")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read it makes it unusable
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint (bad or missing '{key}')")
+    if state["step"] < 0 or not all(isinstance(r, dict) for r in state["history"]):
+        raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint (bad 'step' or 'history')")
+    return state
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from ..errors import StoreError
+
+    tmp = path.with_suffix(".tmp")
+    try:
+        torch.save(plain(state), tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # disk full, read-only (torch's writer raises RuntimeError)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [""])[0]
+        raise StoreError(f"cannot write {path}: {reason}") from None
+
+
+@dataclass
+class Fit:
+    """What :func:`fit` leaves: the last step, the training wall time, the history, the optimizer."""
+
+    steps: int
+    wall_s: float
+    history: list[dict[str, float]]
+    trainer: Trainer
+
+
+def fit(model: Method, target: Target, settings: RunConfig, *,
+        callbacks: Sequence[Callable[[dict[str, float]], None]] = (),
+        progress: Callable[[int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint: Path | None = None, state: dict[str, Any] | None = None) -> Fit:
+    r"""Train ``model`` on ``target`` for ``settings.steps`` steps (the library's training loop).
+
+    Touches no process-wide state but torch's global random generator, which sampling draws from
+    (seed it first with :func:`torch.manual_seed` for reproducible numbers); thread count, seeding
+    and the allocator are the caller's (the command line's workers set them, :func:`train`).
+
+    Arguments:
+        model: a :class:`~sesamo_bench.core.methods.Method` (on its device and dtype).
+        target: the target it samples.
+        settings: the training hyperparameters (a :class:`~sesamo_bench.harness.config.RunConfig`; see
+            :func:`sesamo_bench.preset`).
+        callbacks: called with each history row (``step``, ``loss``, ``ess``, ``log_z``, ``lr``,
+            ``wall_s``, ``breaking_ratio`` where defined), every ``eval_every`` steps.
+        progress: called after every step with ``(step, loss)``.
+        should_stop: polled every step and between evaluation chunks; when it returns True a
+            checkpoint is written and :class:`Interrupted` is raised.
+        checkpoint: file for the training state (written every ``checkpoint_every`` steps, on
+            interruption and at the end); ``None`` disables checkpoints.
+        state: a checkpoint's contents (:func:`load_checkpoint`) to continue from.
+
+    Returns:
+        A :class:`Fit`.
+
+    Raises:
+        DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
+        CheckpointError: ``state`` does not fit the model.
+    """
+    cfg = settings
+    device = next(model.parameters()).device
+    trainer = Trainer(cfg, model, target, device)
+    history: list[dict[str, float]] = []
+    start_step, wall_before = 0, 0.0
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            trainer.load_state_dict(state)
+            torch.set_rng_state(state["rng"].cpu())
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except Exception as exc:  # noqa: BLE001 - shapes or keys of another model, a damaged state
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            where = f"checkpoint {checkpoint}" if checkpoint is not None else "the checkpoint"
+            raise CheckpointError(f"{where} does not fit this run ({type(exc).__name__}: {first})") from None
+        history = state["history"]
+        start_step, wall_before = state["step"], float(state["wall_s"])
+
+    def snapshot(step: int, wall: float) -> dict[str, Any]:
+        return {"model": model.state_dict(), **trainer.state_dict(), "history": history, "step": step,
+                "wall_s": wall, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "config": cfg.to_dict()}
+
+    t0 = time.perf_counter() - wall_before
+    step = start_step
+    saved = [start_step]  # step of the latest checkpoint written
+
+    def save(step: int) -> None:
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+            saved[0] = step
+    for step in range(start_step + 1, cfg.steps + 1):
+        lv = trainer.step(step)
+        if progress is not None:
+            progress(step, lv)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            for p in model.parameters():
+                if not bool(torch.isfinite(p).all()):
+                    raise DivergedError(step, "weights")
+            try:
+                ev = evaluate(model, target, cfg.eval_samples, should_stop=should_stop)
+            except EvaluationStopped:
+                # the model has moved past the last checkpoint and the evaluation drew part of its
+                # samples: stop at that checkpoint, which resumes to the same numbers
+                raise Interrupted(saved[0]) from None
+            if not math.isfinite(ev.ess):
+                raise DivergedError(step, "log-weights")
+            row = {"step": step, "loss": lv, "ess": ev.ess, "log_z": ev.log_z, "lr": trainer.lr,
+                   "wall_s": time.perf_counter() - t0}
+            br = model.breaking_ratio()
+            if br is not None:
+                row["breaking_ratio"] = br
+            history.append(row)
+            for callback in callbacks:
+                callback(row)
+        if step % cfg.checkpoint_every == 0:
+            save(step)
+        if should_stop is not None and should_stop():
+            save(step)
+            raise Interrupted(step)
+    train_wall = time.perf_counter() - t0
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, snapshot(step, train_wall))
+    return Fit(step, train_wall, history, trainer)
+
+
+def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = False,
+          callback: Callable[[dict[str, float]], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          progress: Callable[[int, float], None] | None = None) -> Result:
+    r"""Train one run of the benchmark to completion and evaluate it (what a worker runs).
+
+    Sets the run's process policy first: its thread count (``cfg.threads``), the global seed and,
+    on a CPU, glibc's memory retention; then :func:`build`, :func:`fit` and :func:`evaluate`.
+
+    Arguments:
+        cfg: the run.
+        checkpoint: file for the training state; ``None`` disables checkpoints.
+        resume: continue from ``checkpoint`` if it exists.
+        callback: called with each history row (step, loss, ess, lr, wall_s, ...).
+        should_stop: polled every step (see :func:`fit`).
+        progress: called after every step with ``(step, loss)`` (for progress bars).
+
+    Raises:
+        DivergedError: NaN/Inf in the loss, the weights or the evaluation's log-weights.
+        CheckpointError: the checkpoint cannot be loaded or does not fit the run.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_all(cfg.seed)
+    target, model, device, dtype = build(cfg)
+    if device.type == "cpu":
+        kernels.keep_freed_memory()
+    state = None
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+    done = fit(model, target, cfg, callbacks=[callback] if callback is not None else [], progress=progress,
+               should_stop=should_stop, checkpoint=checkpoint, state=state)
+    step = done.steps
+    try:
+        ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples, should_stop=should_stop,
+                      sign_fn=breaking_sign_fn(cfg, model, target, device))
+    except EvaluationStopped:
+        raise Interrupted(step) from None  # the checkpoint of the last step was just written
+    if not math.isfinite(ev.ess):
+        raise DivergedError(step, "log-weights")
+    sup = support(model, target, cfg.final_samples, seed=cfg.seed)
+    exact_err = getattr(target, "breaking_ratio_error", None)
+    return Result(
+        config=cfg, status="finished", steps=step, wall_s=done.wall_s,
+        ess=ev.ess, log_z=ev.log_z, log_z_err=ev.log_z_err, ess_path=ev.ess_path, outside_cell=ev.outside_cell,
+        breaking_ratio=model.breaking_ratio(),
+        breaking_ratio_exact=target.breaking_ratio(),
+        probabilities=model.probabilities(),
+        probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
+        log_z_exact=target.log_z(), ess_n=ev.ess_n, log_z_err_reliable=ev.log_z_err_reliable,
+        breaking_ratio_is=ev.breaking_ratio_is, breaking_ratio_is_err=ev.breaking_ratio_is_err,
+        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup,
+        device=str(device), dtype=str(dtype).replace("torch.", ""),
+        history=done.history, samples=ev.x, sample_log_w=ev.log_w, info=model.info(),
+    )

@@ -1,0 +1,71 @@
+r"""The observables table: one row per run, estimator and observable of every stored measurement
+(``sesamo-bench report --observables``, ``measure``, ``hmc``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..analysis.observables import Estimate
+from ..harness.measure import Measurement
+
+
+def estimate_rows(m: Measurement, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows ``observable, value, error, exact, pull, tau_int, n_eff, cost`` of one measurement."""
+    rows = []
+    for k, e in m.estimates.items():
+        if names and k.split("[")[0] not in names:
+            continue
+        ex = (m.exact or {}).get(k)
+        pull = (e.value - ex) / e.error if ex is not None and e.error > 0 and math.isfinite(e.value) else None
+        rows.append({"observable": k, "value": e.value, "error": e.error, "exact": ex, "pull": pull,
+                     "tau_int": e.tau_int, "n_eff": e.n_eff, "cost_s": m.cost.get(k)})
+    return rows
+
+
+
+OBS_HEADERS = ["run", "target", "method", "estimator", "observable", "estimate", "exact", "pull", "tau_int",
+               "acceptance", "cost s/eff"]
+
+
+def observable_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per run, estimator and observable of every stored measurement."""
+    out = []
+    for rec in runs:
+        for kind, m in ((rec.get("metrics") or {}).get("measurements") or {}).items():
+            meas = Measurement(kind, m["samples"], m["seconds"], {k: Estimate(**e) for k, e in m["estimates"].items()},
+                               m.get("exact"), m.get("acceptance"), m.get("cost") or {}, m.get("settings") or {})
+            for row in estimate_rows(meas, names):
+                out.append({"run_id": rec["run_id"], "target": rec["target"], "method": rec["method"],
+                            "estimator": kind, "acceptance": meas.acceptance, **row})
+    return out
+
+
+def render_observables(rows: list[dict[str, Any]], fmt: str = "terminal") -> str:
+    """The observable table (terminal, markdown, latex, csv or json)."""
+    import csv
+    import io
+    import json
+
+    from ..harness.store import clean
+    from .report import _table, format_err
+
+    if fmt == "json":
+        return json.dumps(clean(rows), indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["run_id"])
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+
+    def num(v: float | None, spec: str) -> str:
+        return "-" if v is None or not math.isfinite(v) else format(v, spec)
+
+    table = [[r["run_id"][:8], r["target"], r["method"], r["estimator"], r["observable"],
+              format_err(r["value"], r["error"]), num(r["exact"], ".6g"), num(r["pull"], "+.1f"),
+              num(r["tau_int"], ".2f"), num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
+    caption = ("estimate(error): error from the Gamma method (pyerrors); pull = (estimate - exact) / error; "
+               "cost s/eff = seconds (training amortised, sampling, burn-in) per effective sample, "
+               "Var(O) / error^2")
+    return _table(OBS_HEADERS, table, fmt, title=None, width=200) + ("\n\n" + caption if fmt == "terminal" else "")

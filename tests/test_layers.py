@@ -1,0 +1,128 @@
+"""The layers of the package and who may import whom (issue 13), read from the source of every
+module (imports inside functions count too: they are dependencies all the same).
+
+    core      the mathematics: symmetries, targets, architectures, methods, loss, metrics
+    analysis  HMC, neural MCMC, observables and their errors, reference curves   (uses core)
+    harness   configuration, planning, training, running, executors, the store  (uses core, analysis)
+    outputs   tables, plots, progress                                          (uses the above)
+    cli       the commands                                                      (uses everything)
+
+``errors``, the plugin mechanism (``registry``, ``plugins``) are shared by all; the built-in
+plugins (``symmetries/``, ``targets/``, ``architectures/``) are mathematics and use only core and
+analysis.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import sesamo_bench
+
+ROOT = Path(sesamo_bench.__file__).resolve().parent
+REPO = ROOT.parent
+SHARED = {"errors", "registry", "plugins"}
+#: layer -> the layers it may import (besides itself and SHARED)
+ALLOWED = {
+    "core": set(),
+    "analysis": {"core"},
+    "harness": {"core", "analysis"},
+    "outputs": {"core", "analysis", "harness"},
+    "cli": {"core", "analysis", "harness", "outputs", "api"},
+    "api": {"core", "analysis", "harness", "outputs"},
+    "plugin": {"core", "analysis"},
+    "errors": set(),
+    "registry": set(),
+}
+LAYERS = {"core", "analysis", "harness", "outputs", "cli"}
+
+
+def _layer_of_file(path: Path) -> str:
+    try:
+        rel = path.relative_to(ROOT)
+    except ValueError:
+        return "plugin"  # symmetries/, targets/, architectures/ of the repository
+    head = rel.parts[0]
+    if head in {"symmetries", "targets", "architectures"}:
+        return "plugin"
+    if len(rel.parts) == 1:
+        return rel.stem
+    return head
+
+
+def _imported(path: Path) -> set[str]:
+    """The sesamo_bench sub-modules (first component below the package) a file imports."""
+    rel_pkg = path.relative_to(ROOT).parts[:-1] if path.is_relative_to(ROOT) else None
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "sesamo_bench" and len(parts) > 1:
+                    out.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] != "sesamo_bench":
+                    continue
+                names = parts[1:2] or [a.name for a in node.names]
+            else:
+                if rel_pkg is None:
+                    continue
+                base = list(rel_pkg[: len(rel_pkg) - (node.level - 1)])
+                parts = base + ((node.module or "").split(".") if node.module else [])
+                names = parts[:1] or [a.name for a in node.names]
+            out.update(names)
+    return out
+
+
+def _files() -> list[Path]:
+    files = sorted(ROOT.rglob("*.py"))
+    for sub in ("symmetries", "targets", "architectures"):
+        files += sorted((REPO / sub).glob("*.py")) if (REPO / sub).is_dir() else []
+    return [f for f in files if "native" not in f.parts or f.name == "__init__.py"]
+
+
+def _module_name(path: Path) -> str:
+    try:
+        return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    except ValueError:
+        return ".".join(path.relative_to(REPO).with_suffix("").parts)
+
+
+FILES = _files()
+
+
+def test_the_tree_shows_the_layers():
+    for layer in LAYERS:
+        assert (ROOT / layer / "__init__.py").is_file(), layer
+        assert (ROOT / layer / "__init__.py").read_text().lstrip().startswith(('r"""', '"""')), layer
+    flat = {p.stem for p in ROOT.glob("*.py")}
+    assert flat <= {"__init__", "api", "errors", "registry", "plugins"}, flat
+
+
+@pytest.mark.parametrize("path", FILES, ids=_module_name)
+def test_imports_follow_the_layers(path):
+    layer = _layer_of_file(path)
+    if layer in ("__init__", "plugins"):
+        return  # the facade and the registries (they name the plugin base classes)
+    allowed = ALLOWED[layer] | {layer} | SHARED
+    if layer in ("errors",):
+        allowed = set()
+    if layer == "registry":
+        allowed = {"errors"}
+    bad = {m for m in _imported(path) if (m in LAYERS or m in {"api"}) and m not in allowed}
+    assert not bad, f"{_module_name(path)} ({layer}) imports {sorted(bad)}; {layer} may use {sorted(allowed)}"
+
+
+def test_the_rule_would_catch_a_violation(tmp_path):
+    # the checker itself: a core module importing the harness is reported
+    fake = ROOT / "core" / "_layer_probe.py"
+    try:
+        fake.write_text("def f():\n    from ..harness import store\n")
+        assert "harness" in _imported(fake)
+        assert "harness" not in ALLOWED[_layer_of_file(fake)]
+    finally:
+        fake.unlink()
