@@ -168,7 +168,8 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
     """
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    kwargs = dict(flow=cfg.flow_spec(), lattice=target_domain(target).lattice, prior_mean=cfg.prior_mean,
+    domain = target_domain(target)
+    kwargs = dict(flow=cfg.flow_spec(), lattice=domain.lattice, particles=domain.particles, prior_mean=cfg.prior_mean,
                   prior_var=cfg.prior_var, kernels=cfg.kernels, **mcls.options(cfg))
     try:
         model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
