@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -117,6 +118,34 @@ class ParticleTarget(Target):
 
     def action(self, y: Tensor) -> Tensor:
         return self.energy(self.positions(y)) / self.temperature
+
+    def distributions(self, y: Tensor) -> dict[str, Tensor]:
+        r"""The 1-D distributions compared with the reference samples: ``energy`` ``(N,)`` and the
+        pooled pair ``distance`` ``(N n (n - 1) / 2,)`` of configurations ``y``."""
+        x = self.positions(y)
+        return {"energy": self.energy(x), "distance": pair_distances(x).reshape(-1)}
+
+    def reference_metrics(self, y: Tensor) -> dict[str, float | None]:
+        r"""Distances of the model's samples ``y`` (unweighted draws of q) to the reference samples:
+        ``energy_w1``, ``energy_w2``, ``distance_w1``, ``distance_w2`` (the 1-D Wasserstein distances
+        of the energy and the pair-distance distributions, :func:`sesamo_bench.metrics.wasserstein_1d`),
+        with ``reference_energy_mean``; ``None`` without reference samples."""
+        from . import metrics
+
+        ref = self.reference_positions() if hasattr(self, "reference_positions") else None
+        keys = ("energy_w1", "energy_w2", "distance_w1", "distance_w2", "reference_energy_mean")
+        if ref is None or y is None or y.shape[0] == 0:
+            return dict.fromkeys(keys)
+        with torch.no_grad():
+            got = {k: v.double().cpu().numpy() for k, v in self.distributions(y.double()).items()}
+            want = {k: v.numpy() for k, v in self.distributions(to_reduced(ref)).items()}
+        out: dict[str, float | None] = {}
+        for k in ("energy", "distance"):
+            g = got[k][np.isfinite(got[k])]
+            out[f"{k}_w1"] = metrics.wasserstein_1d(g, want[k], p=1) if len(g) else None
+            out[f"{k}_w2"] = metrics.wasserstein_1d(g, want[k], p=2) if len(g) else None
+        out["reference_energy_mean"] = float(want["energy"].mean())
+        return out
 
     def symmetry(self) -> tuple[str, dict]:
         r"""The ``particles`` group S_N x O(D) (``symmetries/particles.py``); S_N x SO(D) where

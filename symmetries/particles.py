@@ -64,6 +64,10 @@ has exactly this one preimage per sign pattern up to measure zero, and the densi
 where the flow leaves the order (``outside_cell`` > 0) it is a lower bound of q (the omitted terms
 are >= 0), so the importance weights p / q are overestimated on those samples.
 
+With ``permutations=False`` the group is the subgroup O(D) (SO(D)) alone: no radius order in the
+cell or the penalty, sigma the identity, one permutation in :meth:`preimages` (exact everywhere);
+the flow then has to learn the permutation symmetry itself, as ``realnvp`` does.
+
 The group is continuous, so ``canonicalization`` does not apply (it needs a finite group).
 """
 
@@ -100,13 +104,17 @@ class ParticleModulation(Modulation):
     r"""The uniform (Haar) p_S over S_N x SO(D) or S_N x O(D): a uniform random permutation and a
     Haar orthogonal matrix; ln p_S = -ln(n! V_D [2]) (module docstring)."""
 
-    def __init__(self, n: int, d: int, *, reflections: bool):
+    def __init__(self, n: int, d: int, *, reflections: bool, permutations: bool = True):
         super().__init__()
-        self.n, self.d, self.reflections = n, d, reflections
-        self.log_p = -(math.lgamma(n + 1) + math.log(rotation_group_volume(d)) + (math.log(2) if reflections else 0.0))
+        self.n, self.d, self.reflections, self.permutations = n, d, reflections, permutations
+        self.log_p = -((math.lgamma(n + 1) if permutations else 0.0) + math.log(rotation_group_volume(d))
+                       + (math.log(2) if reflections else 0.0))
 
     def sample(self, n: int, *, like: Tensor) -> Tensor:
-        perm = torch.argsort(torch.rand(n, self.n, device=like.device), -1).to(like.dtype)
+        if self.permutations:
+            perm = torch.argsort(torch.rand(n, self.n, device=like.device), -1).to(like.dtype)
+        else:
+            perm = torch.arange(self.n, dtype=like.dtype, device=like.device).expand(n, -1)
         m = haar_orthogonal(n, self.d, like=like, proper=not self.reflections)
         return torch.cat([perm, m.reshape(n, -1)], -1)
 
@@ -122,6 +130,9 @@ class Particles(Symmetry):
         n_particles: n >= 2.
         dim: D >= 1.
         reflections: O(D) (True) or SO(D) (False).
+        permutations: include S_N (True) or only the rotations / reflections (False: the
+            subgroup O(D) or SO(D); the particle order is then the flow's business, and the cell
+            has no radius order).
         enumerate_max: sum the exact density over all n! permutations when n! <= this (else the
             canonical one only, exact inside the cell; module docstring).
         broken: must be False (no learnable modulation for this group yet).
@@ -132,10 +143,12 @@ class Particles(Symmetry):
     examples = [((6,), {}), ((4,), {"n_particles": 3, "dim": 2}),
                 ((4,), {"n_particles": 3, "dim": 2, "reflections": False}), ((9,), {"n_particles": 4, "dim": 3}),
                 ((6,), {"n_particles": 3, "dim": 3, "reflections": False}),
-                ((9,), {"n_particles": 4, "dim": 3, "enumerate_max": 1})]
+                ((9,), {"n_particles": 4, "dim": 3, "enumerate_max": 1}),
+                ((4,), {"n_particles": 3, "dim": 2, "permutations": False}),
+                ((6,), {"n_particles": 3, "dim": 3, "reflections": False, "permutations": False})]
 
-    def __init__(self, *, n_particles: int = 4, dim: int = 2, reflections: bool = True, enumerate_max: int = 24,
-                 broken: bool = False):
+    def __init__(self, *, n_particles: int = 4, dim: int = 2, reflections: bool = True, permutations: bool = True,
+                 enumerate_max: int = 24, broken: bool = False):
         super().__init__()
         ok = lambda v, lo: isinstance(v, int) and not isinstance(v, bool) and v >= lo  # noqa: E731
         if not ok(n_particles, 2):
@@ -151,8 +164,9 @@ class Particles(Symmetry):
             raise ConfigError(f"particles: fixing the frame of {'O' if reflections else 'SO'}({dim}) needs "
                               f"n_particles >= {need + 1}, got {n_particles}")
         self.n_particles, self.dim, self.reflections = n_particles, dim, bool(reflections)
-        self.enumerate_max, self.broken = enumerate_max, False
-        self.modulation = ParticleModulation(n_particles, dim, reflections=self.reflections)
+        self.permutations, self.enumerate_max, self.broken = bool(permutations), enumerate_max, False
+        self.modulation = ParticleModulation(n_particles, dim, reflections=self.reflections,
+                                             permutations=self.permutations)
 
     def bind(self, shape: tuple[int, ...]) -> Particles:
         want = ((self.n_particles - 1) * self.dim,)
@@ -222,17 +236,23 @@ class Particles(Symmetry):
         return to_positions(x.reshape(x.shape[0], -1), self.n_particles, self.dim).norm(dim=-1)
 
     def penalty_fn(self, x: Tensor) -> Tensor:
-        r = self._radii(x)
-        terms = [(r[:, :-1] - r[:, 1:]).amax(-1)]
+        terms = []
+        if self.permutations:
+            r = self._radii(x)
+            terms.append((r[:, :-1] - r[:, 1:]).amax(-1))
         v = self._vectors(x)
         k = self.dim if self.reflections else self.dim - 1
         if k:
             terms.append((-torch.diagonal(v[:, :k, :k], dim1=-2, dim2=-1)).amax(-1))
+        if not terms:  # the trivial group SO(1): the cell is everything
+            return x.new_full((x.shape[0],), -1.0)
         return torch.stack(terms, -1).amax(-1)
 
     def _sorted(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(pi, w)``: the radius order pi ``(N, n)`` and the reduced coordinates of w_i = x_{pi(i)}."""
         pos = to_positions(x.reshape(x.shape[0], -1), self.n_particles, self.dim)
+        if not self.permutations:
+            return torch.arange(self.n_particles, device=x.device).expand(x.shape[0], -1), x.reshape(x.shape[0], -1)
         pi = torch.argsort(pos.norm(dim=-1), -1)
         return pi, self._permuted(pos, pi)
 
@@ -295,7 +315,7 @@ class Particles(Symmetry):
 
     def permutations_enumerated(self) -> bool:
         """Whether :meth:`preimages` sums over all n! permutations (exact everywhere)."""
-        return math.factorial(self.n_particles) <= self.enumerate_max
+        return self.permutations and math.factorial(self.n_particles) <= self.enumerate_max
 
     def preimages(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """All (y, u) with y in embed's image and T_u y = x: every sign pattern of the frame for
@@ -304,6 +324,8 @@ class Particles(Symmetry):
         if self.permutations_enumerated():
             pis = [torch.tensor(p, device=x.device).expand(x.shape[0], -1)
                    for p in itertools.permutations(range(self.n_particles))]
+        elif not self.permutations:
+            pis = [torch.arange(self.n_particles, device=x.device).expand(x.shape[0], -1)]
         else:
             pis = [torch.argsort(pos.norm(dim=-1), -1)]
         out = []

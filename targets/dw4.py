@@ -47,14 +47,15 @@ class DW4(ShippedReference, ParticleTarget):
     reference_file = "val_split_DW4.npy"
     reference_params = {"n_particles": 4, "dim": 2, "a": 0.0, "b": -4.0, "c": 0.9, "d0": 4.0, "temperature": 1.0}
 
+    #: the prior's variance matches the reference samples' (std 2.1 per reduced coordinate)
     presets = {
-        "smoke": SMOKE,
+        "smoke": {**SMOKE, "prior_var": 4.0},
         "quick": {"steps": 3000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "couplings": 6,
                   "hidden_layers": 2, "width": 64, "eval_every": 250, "eval_samples": 4096,
-                  "final_samples": 100000, "save_samples": 20000, "checkpoint_every": 500},
+                  "final_samples": 100000, "save_samples": 20000, "checkpoint_every": 500, "prior_var": 4.0},
         "paper": {"steps": 50000, "batch_size": 1024, "lr": 5e-4, "lr_schedule": "cosine", "couplings": 8,
                   "hidden_layers": 3, "width": 128, "eval_every": 1000, "eval_samples": 16384,
-                  "final_samples": 1000000, "save_samples": 50000, "checkpoint_every": 5000},
+                  "final_samples": 1000000, "save_samples": 50000, "checkpoint_every": 5000, "prior_var": 4.0},
     }
 
     def __init__(self, *, n_particles: int = 4, dim: int = 2, a: float = 0.0, b: float = -4.0, c: float = 0.9,
