@@ -34,7 +34,9 @@ JSON_FIELDS = ("run_id", "benchmark", "target", "method", "seed", "params", "sta
                "log_z", "log_z_err", "breaking_ratio", "breaking_ratio_exact", "run_dir", "error",
                # added later (from the run's metrics): see docs of sesamo_bench.train.EXTRA_METRICS
                "ess_n", "log_z_err_reliable", "breaking_ratio_is", "breaking_ratio_is_err", "breaking_ratio_exact_err",
-               "support_missing", "support_missing_err")
+               "support_missing", "support_missing_err",
+               # particle targets: Wasserstein distances of energy and pair distances to the reference samples
+               "energy_w1", "energy_w2", "distance_w1", "distance_w2")
 #: most worker processes ``run --workers`` accepts
 MAX_WORKERS = 4096
 #: largest batch ``perf --batches`` accepts

@@ -331,6 +331,11 @@ class Result:
     support_missing_err: float | None = None
     support_missing_count: int | None = None
     support_reference_n: int | None = None
+    energy_w1: float | None = None
+    energy_w2: float | None = None
+    distance_w1: float | None = None
+    distance_w2: float | None = None
+    reference_energy_mean: float | None = None
     device: str = "cpu"
     dtype: str = "float32"
     error: str | None = None
@@ -348,7 +353,10 @@ class Result:
 #: metrics added after the first release (also ``run --json`` fields)
 EXTRA_METRICS = ("ess_n", "log_z_err_reliable", "breaking_ratio_is", "breaking_ratio_is_err",
                  "breaking_ratio_exact_err", "support_missing", "support_missing_err", "support_missing_count",
-                 "support_reference_n")
+                 "support_reference_n",
+                 # particle targets (Target.reference_metrics): 1-D Wasserstein distances of the saved
+                 # samples' energy and pair-distance distributions to the reference samples
+                 "energy_w1", "energy_w2", "distance_w1", "distance_w2", "reference_energy_mean")
 
 
 def param_groups(model: Method, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -652,6 +660,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     if not math.isfinite(ev.ess):
         raise DivergedError(step, "log-weights")
     sup = support(model, target, cfg.final_samples, seed=cfg.seed)
+    ref_metrics = target.reference_metrics(ev.x) if ev.x is not None else {}
     exact_err = getattr(target, "breaking_ratio_error", None)
     return Result(
         config=cfg, status="finished", steps=step, wall_s=done.wall_s,
@@ -662,7 +671,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
         log_z_exact=target.log_z(), ess_n=ev.ess_n, log_z_err_reliable=ev.log_z_err_reliable,
         breaking_ratio_is=ev.breaking_ratio_is, breaking_ratio_is_err=ev.breaking_ratio_is_err,
-        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup,
+        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup, **ref_metrics,
         device=str(device), dtype=str(dtype).replace("torch.", ""),
         history=done.history, samples=ev.x, sample_log_w=ev.log_w, info=model.info(),
     )
