@@ -150,7 +150,7 @@ def test_schema_is_keyword_only_arguments():
 
 
 # --- every method x every architecture it accepts: a normalised density -----------------------
-#: (method, symmetry, symmetry params, field shape, lattice axes)
+#: (method, symmetry, symmetry params, field shape, lattice axes or (n, d) of a particle field)
 PROBLEMS = [
     ("realnvp", None, {}, (2, 2), 2),
     ("realnvp", None, {}, (2, 2, 2), 2),
@@ -161,6 +161,8 @@ PROBLEMS = [
     ("equivariant", "z2", {}, (2, 2), 2),
     ("equivariant", "u1", {}, (2, 2, 2), 2),
     ("vmonf", None, {}, (2, 2), 2),
+    ("realnvp", None, {}, (6,), (4, 2)),
+    ("equivariant", "particles", {}, (6,), (4, 2)),
 ]
 
 
@@ -169,7 +171,8 @@ def _method(method, sym_name, params, shape, lattice, arch, seed=1):
     if sym is not None and sym.broken:
         randomise(sym.modulation, scale=0.8, seed=3)
     small = {"couplings": 2} if "couplings" in schema(plugins.architectures.get(arch)) else {}
-    m = METHODS[method](shape, sym, flow=FlowSpec(arch, small), lattice=lattice).double()
+    where = {"particles": lattice} if isinstance(lattice, tuple) else {"lattice": lattice}
+    m = METHODS[method](shape, sym, flow=FlowSpec(arch, small), **where).double()
     randomise(m.flow, scale=0.05, seed=seed)
     return m, sym
 
@@ -190,6 +193,7 @@ def test_every_method_accepts_some_architecture_on_every_problem():
     # the lattice constructions are among them
     assert ("sesamo", "u1", {}, (2, 2, 2), 2, "lattice-u1") in COMBOS
     assert ("sesamo", "z2", {"broken": True}, (2, 2), 2, "lattice-affine") in COMBOS
+    assert ("equivariant", "particles", {}, (6,), (4, 2), "kernel-cnf") in COMBOS
 
 
 @pytest.mark.parametrize("method,sym_name,params,shape,lattice,arch", COMBOS,
