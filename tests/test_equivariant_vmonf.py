@@ -167,6 +167,11 @@ def test_method_selection_and_errors(tmp_path, monkeypatch):
     _, model, _, _ = build(cfg)
     assert cfg.flow == "lattice-u1" and model.info() == {"enforced_symmetry": "u1", "target_respects_it": False}
     assert resolve("phi4-real", "equivariant", preset="smoke").flow == "lattice-odd"
+    # particles: S_N x O(D) with the kernel CNF
+    cfg = resolve("dw4", "equivariant", preset="smoke")
+    _, model, _, _ = build(cfg)
+    assert cfg.flow == "kernel-cnf" and model.info() == {"enforced_symmetry": "particles", "target_respects_it": True}
+    assert model.flow.inner.domain == Domain((6,), particles=(4, 2))
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["run", "--target", "gaussian-mixture", "--methods", "equivariant",
                                    "--preset", "smoke"])
@@ -175,3 +180,6 @@ def test_method_selection_and_errors(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["run", "--target", "hubbard", "--methods", "equivariant", "--preset", "smoke",
                                    "--set", "flow=realnvp"])
     assert res.exit_code == 2 and "not z2-equivariant" in res.output and "flow=odd-realnvp" in res.output
+    res = CliRunner().invoke(app, ["run", "--target", "dw4", "--methods", "equivariant", "--preset", "smoke",
+                                   "--seeds", "0"])
+    assert res.exit_code == 0 and "finished    dw4/equivariant/seed0" in res.output and "kernel-cnf" in res.output
