@@ -16,7 +16,8 @@ The contract (checked by ``tests/test_architectures.py`` for every registered ar
   refuses a combination at construction instead of at the first forward pass;
 - ``equivariance`` declares the groups the flow commutes with: ``"translation"`` (shifts of the
   lattice that keep the checkerboard, i.e. by an even total number of sites) and symmetry names
-  such as ``"u1"`` (global phase rotations of a complex field); a method may rely on them
+  such as ``"u1"`` (global phase rotations of a complex field) or ``"particles"`` (permutations,
+  rotations and reflections of particle positions); a method may rely on them
   (:class:`~sesamo_bench.methods.SESaMo` on U(1) does);
 - ``near_identity``: a fresh flow is the identity (the last layer of each conditioner is zero);
 - ``tolerance``: ``None`` for a flow whose inverse and ladj are exact up to rounding; a number for

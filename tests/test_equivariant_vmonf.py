@@ -172,6 +172,12 @@ def test_method_selection_and_errors(tmp_path, monkeypatch):
     _, model, _, _ = build(cfg)
     assert cfg.flow == "kernel-cnf" and model.info() == {"enforced_symmetry": "particles", "target_respects_it": True}
     assert model.flow.inner.domain == Domain((6,), particles=(4, 2))
+    # --methods all includes it (canonicalization is skipped: the group is continuous)
+    from sesamo_bench import grid
+
+    runs, notes = grid.plan(grid.GridRequest(target="dw4", methods=None, seeds=[0], preset="smoke"))
+    assert ("equivariant", "kernel-cnf") in {(r.config.method, r.config.flow) for r in runs}
+    assert any("skipping canonicalization" in n for n in notes)
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["run", "--target", "gaussian-mixture", "--methods", "equivariant",
                                    "--preset", "smoke"])
