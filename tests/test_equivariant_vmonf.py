@@ -45,22 +45,37 @@ def _pairs() -> list[tuple[str, str, dict, tuple[int, ...], int]]:
                 except IncompatibleError:
                     continue
                 out.append((arch, group, {}, shape, lattice))
+            if "particles" in cls.domains:
+                # a particle symmetry's examples give the particle count and dimension of the domain
+                for shape, sparams in examples(plugins.symmetries.get(group)):
+                    try:
+                        sym = plugins.symmetries.create(group, sparams).bind(shape)
+                    except IncompatibleError:
+                        continue
+                    n = getattr(sym, "n_particles", None)
+                    if n and not sym.broken and cls.accepts(Domain(shape, particles=(n, sym.dim))) is None:
+                        out.append((arch, group, sparams, shape, (n, sym.dim)))
     return out
 
 
 PAIRS = _pairs()
-IDS = [f"{a}-{g}-{'x'.join(map(str, s))}{'L' if lat else ''}" for a, g, _, s, lat in PAIRS]
+IDS = [f"{a}-{g}-{'x'.join(map(str, s))}{'L' if isinstance(lat, int) and lat else ''}"
+       f"{'P{}x{}'.format(*lat) if isinstance(lat, tuple) else ''}{''.join(f'-{k}={v}' for k, v in p.items())}"
+       for a, g, p, s, lat in PAIRS]
 
 
 def _model(arch, group, params, shape, lattice, seed=0, scale=0.3):
+    """``lattice``: the number of lattice axes, or ``(n, d)`` for a particle domain."""
     sym = plugins.symmetries.create(group, params).bind(shape).double()
-    m = METHODS["equivariant"](shape, sym, flow=FlowSpec(arch, {}), lattice=lattice).double()
+    where = {"particles": lattice} if isinstance(lattice, tuple) else {"lattice": lattice}
+    m = METHODS["equivariant"](shape, sym, flow=FlowSpec(arch, {}), **where).double()
     randomise(m.flow, scale=scale, seed=seed)
     return m, sym
 
 
 def test_equivariant_architectures_are_registered():
-    assert {("odd-realnvp", "z2"), ("lattice-odd", "z2"), ("lattice-u1", "u1")} <= {(a, g) for a, g, *_ in PAIRS}
+    assert {("odd-realnvp", "z2"), ("lattice-odd", "z2"), ("lattice-u1", "u1"), ("kernel-cnf", "particles")} <= {
+        (a, g) for a, g, *_ in PAIRS}
 
 
 @pytest.mark.parametrize("arch,group,params,shape,lattice", PAIRS, ids=IDS)
@@ -81,8 +96,14 @@ def test_flow_is_equivariant_and_density_invariant(arch, group, params, shape, l
         assert float((m.log_prob(x) - m.log_prob(x.flip(0))).abs().max()) > 1e-6  # not a constant
 
 
-@pytest.mark.parametrize("arch,group,params,shape,lattice", [p for p in PAIRS if math.prod(p[3]) <= 8],
-                         ids=[i for p, i in zip(PAIRS, IDS) if math.prod(p[3]) <= 8])
+def _small(p: tuple) -> bool:
+    """Field of at most 8 components, not a particle field (the ODE flows are slow; ``equivariant`` on
+    DW-4's particles is normalised in ``tests/test_architectures.py``)."""
+    return math.prod(p[3]) <= 8 and not isinstance(p[4], tuple)
+
+
+@pytest.mark.parametrize("arch,group,params,shape,lattice", [p for p in PAIRS if _small(p)],
+                         ids=[i for p, i in zip(PAIRS, IDS) if _small(p)])
 def test_equivariant_density_integrates_to_one(arch, group, params, shape, lattice):
     m, _ = _model(arch, group, params, shape, lattice, seed=1, scale=0.05)
     est, err = importance_integral(m, shape, n=400_000, sigma=2.5, generator=torch.Generator().manual_seed(2))
@@ -146,6 +167,17 @@ def test_method_selection_and_errors(tmp_path, monkeypatch):
     _, model, _, _ = build(cfg)
     assert cfg.flow == "lattice-u1" and model.info() == {"enforced_symmetry": "u1", "target_respects_it": False}
     assert resolve("phi4-real", "equivariant", preset="smoke").flow == "lattice-odd"
+    # particles: S_N x O(D) with the kernel CNF
+    cfg = resolve("dw4", "equivariant", preset="smoke")
+    _, model, _, _ = build(cfg)
+    assert cfg.flow == "kernel-cnf" and model.info() == {"enforced_symmetry": "particles", "target_respects_it": True}
+    assert model.flow.inner.domain == Domain((6,), particles=(4, 2))
+    # --methods all includes it (canonicalization is skipped: the group is continuous)
+    from sesamo_bench.harness import grid
+
+    runs, notes = grid.plan(grid.GridRequest(target="dw4", methods=None, seeds=[0], preset="smoke"))
+    assert ("equivariant", "kernel-cnf") in {(r.config.method, r.config.flow) for r in runs}
+    assert any("skipping canonicalization" in n for n in notes)
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["run", "--target", "gaussian-mixture", "--methods", "equivariant",
                                    "--preset", "smoke"])
@@ -154,3 +186,6 @@ def test_method_selection_and_errors(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["run", "--target", "hubbard", "--methods", "equivariant", "--preset", "smoke",
                                    "--set", "flow=realnvp"])
     assert res.exit_code == 2 and "not z2-equivariant" in res.output and "flow=odd-realnvp" in res.output
+    res = CliRunner().invoke(app, ["run", "--target", "dw4", "--methods", "equivariant", "--preset", "smoke",
+                                   "--seeds", "0"])
+    assert res.exit_code == 0 and "finished    dw4/equivariant/seed0" in res.output and "kernel-cnf" in res.output

@@ -16,9 +16,13 @@ The contract (checked by ``tests/test_architectures.py`` for every registered ar
   refuses a combination at construction instead of at the first forward pass;
 - ``equivariance`` declares the groups the flow commutes with: ``"translation"`` (shifts of the
   lattice that keep the checkerboard, i.e. by an even total number of sites) and symmetry names
-  such as ``"u1"`` (global phase rotations of a complex field); a method may rely on them
+  such as ``"u1"`` (global phase rotations of a complex field) or ``"particles"`` (permutations,
+  rotations and reflections of particle positions); a method may rely on them
   (:class:`~sesamo_bench.core.methods.SESaMo` on U(1) does);
-- ``near_identity``: a fresh flow is the identity (the last layer of each conditioner is zero).
+- ``near_identity``: a fresh flow is the identity (the last layer of each conditioner is zero);
+- ``tolerance``: ``None`` for a flow whose inverse and ladj are exact up to rounding; a number for
+  one that is exact only up to a discretisation error (an ODE flow's solver): the absolute error
+  the contract test allows on a weakly randomised flow in float64.
 
 A field on a periodic lattice is flattened in C order from ``(N, *domain.shape)``, where the
 first ``domain.lattice`` axes are the lattice and the rest are the components at a site
@@ -110,6 +114,8 @@ class Architecture(nn.Module):
         domains: the domain kinds accepted, ``"flat"``, ``"lattice"`` and/or ``"particles"``.
         equivariance: groups g commutes with (``"translation"``, ``"u1"``, ...).
         near_identity: whether a fresh flow is the identity.
+        tolerance: ``None`` (inverse and ladj exact up to rounding) or the absolute error of a
+            discretised flow's inverse and ladj in the contract test.
         run_fields: the architecture takes the run configuration's ``couplings``,
             ``hidden_layers``, ``width``, ``activation`` and ``scale_bound`` (as ``realnvp`` does).
     """
@@ -119,6 +125,7 @@ class Architecture(nn.Module):
     domains: ClassVar[tuple[str, ...]] = ("flat", "lattice", "particles")
     equivariance: ClassVar[tuple[str, ...]] = ()
     near_identity: ClassVar[bool] = True
+    tolerance: ClassVar[float | None] = None
     run_fields: ClassVar[bool] = False
     domain: Domain
     dim: int

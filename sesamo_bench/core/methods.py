@@ -90,6 +90,8 @@ class Method(nn.Module):
         arch: ``realnvp`` keyword arguments (couplings, hidden_layers, width, activation,
             scale_bound); used when ``flow`` is not given.
         lattice: number of leading axes of ``shape`` that are a periodic lattice (0: none).
+        particles: ``(n, d)`` when the field is ``n`` particles in ``d`` dimensions in the
+            centre-of-mass-free coordinates of :mod:`sesamo_bench.core.particles` (``None``: not).
         prior_mean, prior_var: the Gaussian prior's parameters.
         kernels: the MLP kernels of the default architecture.
     """
@@ -125,12 +127,13 @@ class Method(nn.Module):
             METHODS[cls.name] = cls
 
     def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, flow: FlowSpec | None = None,
-                 arch: dict[str, Any] | None = None, lattice: int = 0, prior_mean: float = 0.0,
-                 prior_var: float = 1.0, kernels: str = "auto"):
+                 arch: dict[str, Any] | None = None, lattice: int = 0, particles: tuple[int, int] | None = None,
+                 prior_mean: float = 0.0, prior_var: float = 1.0, kernels: str = "auto"):
         super().__init__()
         self.shape = tuple(shape)
         self.symmetry = symmetry
         self.lattice = int(lattice)
+        self.particles = None if particles is None else tuple(particles)
         spec = flow if flow is not None else FlowSpec("realnvp", dict(arch or {}), kernels=kernels)
         self.spec = spec
         domain = self.flow_domain(spec)
@@ -139,11 +142,11 @@ class Method(nn.Module):
         self.flow = Standardized(spec.build(domain, what=what), mean=prior_mean, std=prior_var**0.5)
 
     def flow_domain(self, spec: FlowSpec) -> Domain:
-        """The domain the flow acts on: the target's field (lattice structure kept) by default;
-        R^flow_dim when the method reduces the dimension."""
+        """The domain the flow acts on: the target's field (lattice or particle structure kept) by
+        default; R^flow_dim when the method reduces the dimension."""
         dim = self.flow_dim()
         if dim == _prod(self.shape):
-            return Domain(self.shape, lattice=self.lattice)
+            return Domain(self.shape, lattice=self.lattice, particles=self.particles)
         return Domain((dim,))
 
     def flow_dim(self) -> int:

@@ -99,3 +99,27 @@ def weighted_breaking_ratio(log_w: Tensor, sign: Tensor) -> tuple[float, float]:
     r = float((w * s).sum() / tot)
     err = float(torch.sqrt((w * w * (s - r) ** 2).sum()) / tot)
     return r, err
+
+
+def wasserstein_1d(a: "np.ndarray", b: "np.ndarray", *, p: int = 2) -> float:
+    r"""The p-Wasserstein distance of two 1-D empirical distributions through their quantile functions,
+
+        W_p(A, B) = ( int_0^1 |F_A^{-1}(t) - F_B^{-1}(t)|^p dt )^{1/p},
+
+    exact for the step quantile functions of the samples (the integral over the merged breakpoints);
+    p = 1 agrees with ``scipy.stats.wasserstein_distance``.
+
+    Example:
+        >>> import numpy as np
+        >>> round(wasserstein_1d(np.array([0.0, 1.0]), np.array([2.0, 3.0])), 12)
+        2.0
+    """
+    import numpy as np
+
+    a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    ta, tb = np.arange(1, len(a) + 1) / len(a), np.arange(1, len(b) + 1) / len(b)
+    t = np.unique(np.concatenate([ta, tb]))
+    dt = np.diff(np.concatenate([[0.0], t]))
+    qa = a[np.minimum(np.searchsorted(ta, t, side="left"), len(a) - 1)]
+    qb = b[np.minimum(np.searchsorted(tb, t, side="left"), len(b) - 1)]
+    return float((dt * np.abs(qa - qb) ** p).sum() ** (1.0 / p))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -117,3 +118,96 @@ class ParticleTarget(Target):
 
     def action(self, y: Tensor) -> Tensor:
         return self.energy(self.positions(y)) / self.temperature
+
+    def distributions(self, y: Tensor) -> dict[str, Tensor]:
+        r"""The 1-D distributions compared with the reference samples: ``energy`` ``(N,)`` and the
+        pooled pair ``distance`` ``(N n (n - 1) / 2,)`` of configurations ``y``."""
+        x = self.positions(y)
+        return {"energy": self.energy(x), "distance": pair_distances(x).reshape(-1)}
+
+    def reference_metrics(self, y: Tensor) -> dict[str, float | None]:
+        r"""Distances of the model's samples ``y`` (unweighted draws of q) to the reference samples:
+        ``energy_w1``, ``energy_w2``, ``distance_w1``, ``distance_w2`` (the 1-D Wasserstein distances
+        of the energy and the pair-distance distributions, :func:`sesamo_bench.core.metrics.wasserstein_1d`),
+        with ``reference_energy_mean``; ``None`` without reference samples."""
+        from . import metrics
+
+        ref = self.reference_positions() if hasattr(self, "reference_positions") else None
+        keys = ("energy_w1", "energy_w2", "distance_w1", "distance_w2", "reference_energy_mean")
+        if ref is None or y is None or y.shape[0] == 0:
+            return dict.fromkeys(keys)
+        with torch.no_grad():
+            got = {k: v.double().cpu().numpy() for k, v in self.distributions(y.double()).items()}
+            want = {k: v.numpy() for k, v in self.distributions(to_reduced(ref)).items()}
+        out: dict[str, float | None] = {}
+        for k in ("energy", "distance"):
+            g = got[k][np.isfinite(got[k])]
+            out[f"{k}_w1"] = metrics.wasserstein_1d(g, want[k], p=1) if len(g) else None
+            out[f"{k}_w2"] = metrics.wasserstein_1d(g, want[k], p=2) if len(g) else None
+        out["reference_energy_mean"] = float(want["energy"].mean())
+        return out
+
+    def symmetry(self) -> tuple[str, dict]:
+        r"""The ``particles`` group S_N x O(D) (``symmetries/particles.py``); S_N x SO(D) where
+        n - 1 < D, when every configuration lies in a hyperplane and a reflection is a rotation."""
+        n, d = self.particles
+        return "particles", {"broken": False, "n_particles": n, "dim": d, "reflections": n - 1 >= d}
+
+    def exact_symmetries(self) -> list[tuple[str, dict]]:
+        return [self.symmetry()]
+
+
+def load_reference(filename: str, n: int, d: int) -> Tensor:
+    r"""The shipped reference positions ``(M, n, d)`` (float64, centre of mass removed) from
+    ``sesamo_bench/data/particles/<filename>`` (provenance and licence in its README)."""
+    from importlib import resources
+
+    import numpy as np
+
+    with resources.files("sesamo_bench").joinpath("data", "particles", filename).open("rb") as fh:
+        arr = np.load(fh)
+    x = torch.from_numpy(arr.astype("float64")).reshape(arr.shape[0], n, d)
+    return x - x.mean(1, keepdim=True)
+
+
+def safe_distances(x: Tensor, *, floor: float = 0.0) -> Tensor:
+    r"""Pair distances ``(N, n (n - 1) / 2)`` with a finite gradient at coincident particles:
+    sqrt(max(|x_i - x_j|^2, floor^2, tiny)) (``floor`` > 0 also bounds a singular pair potential)."""
+    i, j = pair_indices(x.shape[1])
+    sq = (x[:, i] - x[:, j]).pow(2).sum(-1)
+    tiny = torch.finfo(x.dtype).tiny ** 0.5
+    return sq.clamp_min(max(floor * floor, tiny)).sqrt()
+
+
+class ShippedReference:
+    r"""Mixin: :meth:`reference_samples` from a shipped file where the target's parameters are the
+    ones the file was sampled at (``reference_params``), else the suite's HMC."""
+
+    reference_file: ClassVar[str] = ""
+    reference_params: ClassVar[dict] = {}
+
+    def has_shipped_reference(self) -> bool:
+        p = self.params()
+        return bool(self.reference_file) and all(p.get(k) == v for k, v in self.reference_params.items())
+
+    def reference_positions(self) -> Tensor | None:
+        """All shipped reference positions ``(M, n, d)`` (float64, mean-free), or ``None``."""
+        if not self.has_shipped_reference():
+            return None
+        return load_reference(self.reference_file, self.n_particles, self.spatial_dim)
+
+    def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
+        """``n`` reduced configurations (float64): draws with replacement from the shipped samples
+        where they apply, else HMC chains from a random start (:mod:`sesamo_bench.analysis.hmc`)."""
+        ref = self.reference_positions()
+        if ref is not None:
+            idx = torch.randint(ref.shape[0], (n,), generator=generator)
+            return to_reduced(ref[idx])
+        from ..analysis.hmc import sample_states
+
+        y0 = self.reduced(self.initial_positions(256, generator=generator))
+        return sample_states(self.action, y0, n, generator=generator, burn_in=500, thin=5, eps=0.02)
+
+    def initial_positions(self, chains: int, *, generator: torch.Generator) -> Tensor:
+        """Starting positions ``(chains, n, d)`` for MCMC (a loose random cloud)."""
+        return torch.randn(chains, self.n_particles, self.spatial_dim, dtype=torch.float64, generator=generator)

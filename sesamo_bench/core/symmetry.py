@@ -11,7 +11,9 @@ A symmetry plugin is one file in ``symmetries/`` defining a subclass of :class:`
 - for SESaMo: :meth:`embed` of the flow output into the cell and the log-Jacobian
   :meth:`modulation_ladj` of (flow output, u) -> x, plus :meth:`preimages` for exact densities.
 
-Fields have shape ``(N, *shape)``; group elements ``u`` have shape ``(N,)``.
+Fields have shape ``(N, *shape)``; group elements ``u`` have shape ``(N,)``, or ``(N, k)`` where a
+plugin encodes an element as k numbers (``particles``: a permutation and an orthogonal matrix);
+:meth:`Symmetry.same_elements` compares elements in either encoding.
 """
 
 from __future__ import annotations
@@ -152,6 +154,14 @@ class Symmetry(nn.Module):
         if self.finite:
             return torch.randint(self.order, (n,), device=like.device)
         return torch.rand(n, dtype=like.dtype, device=like.device) * 2 * math.pi
+
+    def same_elements(self, a: Tensor, b: Tensor) -> bool:
+        """Whether two batches of elements are equal: exactly for a finite group, angles modulo
+        2 pi (to 1e-9) for a continuous one; plugins with another encoding override it."""
+        if self.finite:
+            return bool((a == b).all())
+        d = torch.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+        return bool((d.abs() < 1e-9).all())
 
     def act(self, x: Tensor, u: Tensor) -> Tensor:
         """T_u x for a batch: ``x`` of shape ``(N, *shape)``, ``u`` of shape ``(N,)``."""

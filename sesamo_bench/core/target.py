@@ -96,6 +96,12 @@ class Target:
         """
         return None
 
+    def reference_metrics(self, x: Tensor) -> dict[str, float | None]:
+        r"""Distances of the model's samples ``x`` ``(N, *shape)`` (unweighted draws of q) to this
+        target's reference samples, stored with the run (particle targets: the Wasserstein
+        distances of the energy and pair-distance distributions); none by default."""
+        return {}
+
     # -- observables (optional; see sesamo_bench.analysis.observables) -----------------------------------
     def observables(self, x: Tensor) -> dict[str, Tensor]:
         r"""Primary observables of configurations ``x`` ``(N, *shape)``: ``{name: (N,) or (N, k)}``.

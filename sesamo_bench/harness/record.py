@@ -83,6 +83,13 @@ class RunRecord:
     support_missing_err: float | None = metric(json=True)
     support_missing_count: int | None = metric()
     support_reference_n: int | None = metric()
+    #: particle targets (Target.reference_metrics): 1-D Wasserstein distances of the saved samples'
+    #: energy and pair-distance distributions to the reference samples, and the reference's mean energy
+    energy_w1: float | None = metric(json=True)
+    energy_w2: float | None = metric(json=True)
+    distance_w1: float | None = metric(json=True)
+    distance_w2: float | None = metric(json=True)
+    reference_energy_mean: float | None = metric()
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunRecord:

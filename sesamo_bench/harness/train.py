@@ -170,7 +170,8 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
     """
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    kwargs = dict(flow=cfg.flow_spec(), lattice=target_domain(target).lattice, prior_mean=cfg.prior_mean,
+    domain = target_domain(target)
+    kwargs = dict(flow=cfg.flow_spec(), lattice=domain.lattice, particles=domain.particles, prior_mean=cfg.prior_mean,
                   prior_var=cfg.prior_var, kernels=cfg.kernels, **mcls.options(cfg))
     try:
         model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
@@ -341,6 +342,11 @@ class Result:
     support_missing_err: float | None = None
     support_missing_count: int | None = None
     support_reference_n: int | None = None
+    energy_w1: float | None = None
+    energy_w2: float | None = None
+    distance_w1: float | None = None
+    distance_w2: float | None = None
+    reference_energy_mean: float | None = None
     device: str = "cpu"
     dtype: str = "float32"
     error: str | None = None
@@ -661,6 +667,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     if not math.isfinite(ev.ess):
         raise DivergedError(step, "log-weights")
     sup = support(model, target, cfg.final_samples, seed=cfg.seed)
+    ref_metrics = target.reference_metrics(ev.x) if ev.x is not None else {}
     exact_err = getattr(target, "breaking_ratio_error", None)
     return Result(
         config=cfg, status="finished", steps=step, wall_s=done.wall_s,
@@ -671,7 +678,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
         log_z_exact=target.log_z(), ess_n=ev.ess_n, log_z_err_reliable=ev.log_z_err_reliable,
         breaking_ratio_is=ev.breaking_ratio_is, breaking_ratio_is_err=ev.breaking_ratio_is_err,
-        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup,
+        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup, **ref_metrics,
         device=str(device), dtype=str(dtype).replace("torch.", ""),
         history=done.history, samples=ev.x, sample_log_w=ev.log_w, info=model.info(),
     )

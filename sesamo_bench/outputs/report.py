@@ -37,7 +37,9 @@ CAPTION = ("ESS, ln Z and R (breaking ratio, paper Eq. 39): mean(std) over the f
            "delta-method error); R exact: closed form, or for phi4-real the suite's HMC reference with its "
            "error. no support: target mass where ln q = -inf, from reference samples of p (one seed: with its "
            "binomial error). * after ln Z or R IS: ESS x N < 100 in a seed, too few effective samples for an "
-           "importance-sampling error (none shown; sesamo_bench.core.metrics.MIN_EFFECTIVE_SAMPLES).")
+           "importance-sampling error (none shown; sesamo_bench.core.metrics.MIN_EFFECTIVE_SAMPLES). "
+           "energy W2, dist W2 (particle targets): 2-Wasserstein distances of the energy and pair-distance "
+           "distributions of the model's saved samples (unweighted) to the reference samples.")
 EMPTY = "no runs in the store to report (train some first; nothing matched the selection)"
 
 
@@ -247,6 +249,8 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in ("breaking_ratio_is", "support_missing"):
             g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
             g[f"{name}_err_mean"] = _mean_std([m.get(f"{name}_err") for m in ms])[0]
+        for name in ("energy_w2", "distance_w2", "energy_w1", "distance_w1"):
+            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
         n_eff = [float(m["ess_n"]) for m in ms if _finite(m.get("ess_n"))]
         g["ess_n_min"] = min(n_eff) if n_eff else None
         g["log_z_err_reliable"] = None if not n_eff else bool(error_reliable(min(n_eff)))
@@ -272,7 +276,8 @@ def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_c
                   flow_col: bool = False) -> tuple[list, list]:
     headers = (["benchmark"] if benchmark_col else []) + ["target", "method"] + (["flow"] if flow_col else []) + \
         ["params"] + (["preset"] if preset_col else []) + \
-        ["seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "wall s", "failures"]
+        ["seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "energy W2", "dist W2",
+         "wall s", "failures"]
     rows = []
     for g in groups:
         shown = shown_params(g["target"], g["params"], (h["params"] for h in groups if h["target"] == g["target"]))
@@ -292,11 +297,13 @@ def _display_rows(groups: list[dict[str, Any]], *, benchmark_col: bool, preset_c
                 format_err(g["ess_mean"], g["ess_std"]),
                 log_z, _exact_like(g["log_z_exact"], log_z.rstrip("*")),
                 ratio, ratio_is, exact_r, missing,
+                format_err(g.get("energy_w2_mean"), g.get("energy_w2_std")),
+                format_err(g.get("distance_w2_mean"), g.get("distance_w2_std")),
                 "-" if g["wall_s_mean"] is None else f"{g['wall_s_mean']:.1f}",
                 _failures(g)]
         rows.append(row)
     # the columns added later stay out of tables of runs recorded without them
-    for name in ("R IS", "no support"):
+    for name in ("R IS", "no support", "energy W2", "dist W2"):
         i = headers.index(name)
         if all(r[i] in ("-", "") for r in rows):
             headers.pop(i)
@@ -327,7 +334,8 @@ def _csv(groups: list[dict[str, Any]]) -> str:
               "breaking_ratio_is_mean", "breaking_ratio_is_std", "breaking_ratio_is_err_mean",
               "breaking_ratio_exact_err",
               "support_missing_mean", "support_missing_std", "support_missing_err_mean", "ess_n_min",
-              "log_z_err_reliable", "flow"]
+              "log_z_err_reliable", "flow", "energy_w2_mean", "energy_w2_std", "distance_w2_mean", "distance_w2_std",
+              "energy_w1_mean", "energy_w1_std", "distance_w1_mean", "distance_w1_std"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -347,7 +355,8 @@ def _table(headers: list[str], rows: list[list[str]], fmt: str, *, title: str | 
 
         t = Table(*headers, title=title, box=box.SIMPLE_HEAD, title_justify="left")
         for i, h in enumerate(headers):
-            if h in ("seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "wall s"):
+            if h in ("seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "energy W2", "dist W2",
+                     "wall s"):
                 t.columns[i].justify = "right"
         for row in rows:
             t.add_row(*row)
