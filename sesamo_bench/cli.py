@@ -590,17 +590,17 @@ def report_cmd(
 @app.command("plot")
 def plot_cmd(
     out: Path = typer.Option(Path("sesamo-plots"), "--out", help="folder for the PNG files"),
-    kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking (repeatable) (default: all)"),
+    kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking | particles (repeatable) (default: all)"),
     target: Optional[str] = typer.Option(None, "--target"),
     method: Optional[str] = typer.Option(None, "--method"),
     benchmark: Optional[str] = typer.Option(None, "--benchmark"),
     store: Optional[Path] = typer.Option(None, "--store"),
 ) -> None:
-    """PNG figures from the store: densities, ESS vs training time, breaking ratios."""
-    kinds = list(kind) or ["density", "ess-time", "breaking"]
+    """PNG figures from the store: densities, ESS vs training time, breaking ratios, particle histograms."""
+    kinds = list(kind) or ["density", "ess-time", "breaking", "particles"]
     for k in kinds:
-        if k not in ("density", "ess-time", "breaking"):
-            raise ConfigError(f"--kind must be one of density, ess-time, breaking; got {k!r}")
+        if k not in ("density", "ess-time", "breaking", "particles"):
+            raise ConfigError(f"--kind must be one of density, ess-time, breaking, particles; got {k!r}")
     runs = _open_store(store).runs(target=target, method=method, benchmark=benchmark)
     try:
         from .plot import make_plots
