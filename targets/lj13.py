@@ -24,7 +24,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sesamo_bench.core.particles import ParticleTarget, ShippedReference, pair_distances, safe_distances
+from sesamo_bench.analysis.particle_reference import ShippedReference
+from sesamo_bench.core.particles import ParticleTarget, pair_distances, safe_distances
 from sesamo_bench.core.target import SMOKE, check, is_int, is_real
 
 PAIR_COUNTS = ("ordered", "unordered")

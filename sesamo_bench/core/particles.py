@@ -177,37 +177,3 @@ def safe_distances(x: Tensor, *, floor: float = 0.0) -> Tensor:
     sq = (x[:, i] - x[:, j]).pow(2).sum(-1)
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     return sq.clamp_min(max(floor * floor, tiny)).sqrt()
-
-
-class ShippedReference:
-    r"""Mixin: :meth:`reference_samples` from a shipped file where the target's parameters are the
-    ones the file was sampled at (``reference_params``), else the suite's HMC."""
-
-    reference_file: ClassVar[str] = ""
-    reference_params: ClassVar[dict] = {}
-
-    def has_shipped_reference(self) -> bool:
-        p = self.params()
-        return bool(self.reference_file) and all(p.get(k) == v for k, v in self.reference_params.items())
-
-    def reference_positions(self) -> Tensor | None:
-        """All shipped reference positions ``(M, n, d)`` (float64, mean-free), or ``None``."""
-        if not self.has_shipped_reference():
-            return None
-        return load_reference(self.reference_file, self.n_particles, self.spatial_dim)
-
-    def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
-        """``n`` reduced configurations (float64): draws with replacement from the shipped samples
-        where they apply, else HMC chains from a random start (:mod:`sesamo_bench.analysis.hmc`)."""
-        ref = self.reference_positions()
-        if ref is not None:
-            idx = torch.randint(ref.shape[0], (n,), generator=generator)
-            return to_reduced(ref[idx])
-        from ..analysis.hmc import sample_states
-
-        y0 = self.reduced(self.initial_positions(256, generator=generator))
-        return sample_states(self.action, y0, n, generator=generator, burn_in=500, thin=5, eps=0.02)
-
-    def initial_positions(self, chains: int, *, generator: torch.Generator) -> Tensor:
-        """Starting positions ``(chains, n, d)`` for MCMC (a loose random cloud)."""
-        return torch.randn(chains, self.n_particles, self.spatial_dim, dtype=torch.float64, generator=generator)

@@ -11,6 +11,10 @@ Kinds (paper figures):
     ``ess-time``: ESS against training wall time, mean +- std over seeds (Figs. 9, 14).
     ``breaking``: ESS and learned breaking ratio (mean +- std over seeds) against the swept
         parameter, with the exact curve (Figs. 10, 12).
+    ``particles``: particle targets (``dw4``, ``lj13``): histograms of the energy and of the pair
+        distances of each method's saved samples (first finished seed, unweighted) beside the
+        target's reference samples, with the 2-Wasserstein distances in the legend.
+        (``density`` skips particle targets.)
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np  # noqa: E402
 from ..errors import UnknownNameError  # noqa: E402
 from .report import METHOD_LABELS, _mean_std, method_rank, params_key, params_label, shown_params  # noqa: E402
 
-KINDS = ("density", "ess-time", "breaking")
+KINDS = ("density", "ess-time", "breaking", "particles")
 DPI = 120
 SWEEP_PREFERENCE = ("beta", "alpha", "b")
 COLORS = {"realnvp": "tab:blue", "canonicalization": "tab:green", "sesamo": "tab:orange"}
@@ -111,8 +115,60 @@ def _observable(x: np.ndarray) -> tuple[str, np.ndarray, tuple[str, ...]]:
     return "1d", x.reshape(len(x), -1).mean(1), (r"magnetisation $m = \Sigma_j\,\phi_j\,/\,V$",)
 
 
+def _first_samples(runs: list[dict[str, Any]]) -> list[tuple[str, Any, np.ndarray]]:
+    """``(method, seed, samples)`` of each method's first finished seed with saved samples."""
+    panels = []
+    for (method,), rs in sorted(_by(runs, "method").items(), key=lambda kv: method_rank(kv[0][0])):
+        rs = sorted(rs, key=lambda r: (r.get("status") != "finished", r.get("seed", 0)))
+        for r in rs:
+            x = _load_samples(r)
+            if x is not None:
+                panels.append((method, r.get("seed"), x))
+                break
+    return panels
+
+
+def _particles(target: str, params: dict[str, Any], shown: dict[str, Any], runs: list[dict[str, Any]],
+               out_dir: Path) -> Path | None:
+    import torch
+
+    from .metrics import wasserstein_1d
+
+    t = _target(target, params)
+    if t is None or not hasattr(t, "distributions"):
+        return None
+    ref = t.reference_positions() if hasattr(t, "reference_positions") else None
+    panels = _first_samples(runs)
+    if not panels:
+        return None
+    with torch.no_grad():
+        dists = [(m, s, {k: v.numpy() for k, v in t.distributions(torch.as_tensor(x).reshape(len(x), -1)).items()})
+                 for m, s, x in panels]
+        want = {k: v.numpy() for k, v in t.distributions(t.reduced(ref)).items()} if ref is not None else None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(axes, ("energy", "distance"), ("energy $E$", "pair distance $|x_i - x_j|$")):
+        vals = [d[key][np.isfinite(d[key])] for _, _, d in dists] + ([want[key]] if want else [])
+        lo, hi = np.percentile(np.concatenate(vals), [0.5, 99.5])
+        bins = np.linspace(lo, hi, 80)
+        if want is not None:
+            ax.hist(want[key], bins=bins, density=True, color="0.6", alpha=0.6, label="reference")
+        for i, (m, seed, d) in enumerate(dists):
+            v = d[key][np.isfinite(d[key])]
+            w2 = f", $W_2$ {wasserstein_1d(v, want[key]):.3g}" if want is not None and len(v) else ""
+            ax.hist(v, bins=bins, density=True, histtype="step", lw=1.5, color=_color(m, i),
+                    label=f"{_label(m)} (seed {seed}){w2}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(target, shown) + " (model samples unweighted)")
+    return _save(fig, out_dir / f"particles_{_slug(target)}{params_slug(shown)}.png")
+
+
 def _density(target: str, params: dict[str, Any], shown: dict[str, Any], runs: list[dict[str, Any]],
              out_dir: Path) -> Path | None:
+    t = _target(target, params)
+    if t is not None and hasattr(t, "distributions"):
+        return None  # particle targets: kind "particles"
     panels = []  # (method, observable)
     for (method,), rs in sorted(_by(runs, "method").items(), key=lambda kv: method_rank(kv[0][0])):
         rs = sorted(rs, key=lambda r: (r.get("status") != "finished", r.get("seed", 0)))
@@ -401,7 +457,7 @@ def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str
     Arguments:
         runs: run records (see the module docstring); all benchmarks are pooled per (target, params).
         out_dir: folder for the PNGs (created if missing).
-        kinds: a subset of ``density``, ``ess-time``, ``breaking``; ``None`` for all.
+        kinds: a subset of ``density``, ``ess-time``, ``breaking``, ``particles``; ``None`` for all.
 
     Returns:
         The written files, e.g. ``density_<target>_<params>.png``, ``ess-time_<target>_<params>.png``,
@@ -426,6 +482,8 @@ def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str
         if "density" in kinds and (p := _density(target, params, shown, rs, out_dir)) is not None:
             written.append(p)
         if "ess-time" in kinds and (p := _ess_time(target, shown, rs, out_dir)) is not None:
+            written.append(p)
+        if "particles" in kinds and (p := _particles(target, params, shown, rs, out_dir)) is not None:
             written.append(p)
     if "breaking" in kinds:
         for (target,), rs in sorted(_by(runs, "target").items()):
