@@ -112,12 +112,14 @@ class U1Fourier(Architecture):
         """(u ``(N, 2V-1)``, (cos theta, sin theta) ``(N, 2)``) of fields ``(N, D)``."""
         f = x.view(x.shape[0], self.v, 2)
         m = f.sum(1)
-        c = m / m.norm(dim=1, keepdim=True)
+        r = m.norm(dim=1, keepdim=True)
+        c = m / r
         re = f[..., 0] * c[:, :1] + f[..., 1] * c[:, 1:]  # e^{-i theta} x
         im = f[..., 1] * c[:, :1] - f[..., 0] * c[:, 1:]
         basis = self.basis.to(x)
-        a, b = re @ basis.t(), im @ basis.t()
-        return torch.cat([torch.log(a[:, :1]), a[:, 1:], b[:, 1:]], 1), c
+        a, b = re @ basis[1:].t(), im @ basis[1:].t()
+        # rho from |M| itself: the projection of Re y on the zero mode can round below 0 when M ~ 0
+        return torch.cat([torch.log(r) - 0.5 * math.log(self.v), a, b], 1), c
 
     def _field(self, u: Tensor, c: Tensor) -> Tensor:
         basis, v = self.basis.to(u), self.v
