@@ -18,7 +18,10 @@ u ignores theta the map commutes with x -> e^{i phi} x. Jacobian: x <-> (a_0, a_
 has volume element |M| = sqrt(V) e^{rho} (the polar decomposition of the reference notes, the
 Fourier basis being orthonormal), a_0 = e^{rho} gives e^{rho} more, so
 
-    ln|det dx'/dx| = ln|det du'/du| + 2 (rho' - rho).
+    ln|det dx'/dx| = ln|det du'/du| + 2 (rho' - rho)
+
+(beyond rho = :data:`RHO_MAX` the chart continues linearly, :func:`chart`, and these terms are
+ln h + ln h' of that chart: :func:`chart_log_terms`).
 
 A fresh flow is the identity. Use with SESaMo (equivariant construction: the modulation then
 draws theta).
@@ -34,6 +37,33 @@ from torch import Tensor, nn
 
 from sesamo_bench.architecture import Architecture, Domain
 from sesamo_bench.flows import RealNVP
+
+
+#: the chart a_0 = e^rho of the magnetisation's size continues linearly beyond rho = RHO_MAX,
+#: a_0 = e^RHO_MAX (1 + rho - RHO_MAX) (C^1 and monotone, so still a bijection), so that no rho
+#: overflows; a trained flow stays far below (|M| / sqrt(V) = e^RHO_MAX is ~5e8 per mode)
+RHO_MAX = 20.0
+
+
+def chart(rho: Tensor) -> Tensor:
+    """a_0 = h(rho): e^rho up to :data:`RHO_MAX`, then its tangent line."""
+    big = math.exp(RHO_MAX) * (1 + (rho - RHO_MAX).clamp(min=0))
+    return torch.where(rho <= RHO_MAX, torch.exp(rho.clamp(max=RHO_MAX)), big)
+
+
+def chart_inverse(log_a0: Tensor) -> Tensor:
+    """rho = h^{-1}(a_0) from ln a_0."""
+    return torch.where(log_a0 <= RHO_MAX, log_a0, RHO_MAX + torch.expm1((log_a0 - RHO_MAX).clamp(min=0)))
+
+
+def chart_log_terms(rho: Tensor, *, log_h: bool) -> Tensor:
+    r"""ln h'(rho) (+ ln h(rho) with ``log_h``) minus its value rho (2 rho) of the pure exponential
+    chart: exactly 0 for rho <= RHO_MAX, so the log-determinants there are those of a_0 = e^rho."""
+    excess = (rho - RHO_MAX).clamp(min=0)
+    out = -excess  # ln h' = min(rho, RHO_MAX)
+    if log_h:
+        out = out + torch.log1p(excess) - excess  # ln h = RHO_MAX + log1p(rho - RHO_MAX) beyond
+    return torch.where(rho <= RHO_MAX, torch.zeros_like(rho), out)
 
 
 def fourier_basis(sites: tuple[int, ...]) -> Tensor:
@@ -119,11 +149,11 @@ class U1Fourier(Architecture):
         basis = self.basis.to(x)
         a, b = re @ basis[1:].t(), im @ basis[1:].t()
         # rho from |M| itself: the projection of Re y on the zero mode can round below 0 when M ~ 0
-        return torch.cat([torch.log(r) - 0.5 * math.log(self.v), a, b], 1), c
+        return torch.cat([chart_inverse(torch.log(r) - 0.5 * math.log(self.v)), a, b], 1), c
 
     def _field(self, u: Tensor, c: Tensor) -> Tensor:
         basis, v = self.basis.to(u), self.v
-        a = torch.cat([torch.exp(u[:, :1]), u[:, 1:v]], 1) @ basis
+        a = torch.cat([chart(u[:, :1]), u[:, 1:v]], 1) @ basis
         b = u[:, v:] @ basis[1:]
         re = a * c[:, :1] - b * c[:, 1:]  # e^{i theta} y
         im = a * c[:, 1:] + b * c[:, :1]
@@ -136,6 +166,7 @@ class U1Fourier(Architecture):
         w, ladj = self.couplings(u)
         w = torch.addcmul(self.shift.to(z), w, self.log_scale.to(z).exp())
         ladj = ladj + self.log_scale.to(z).sum() + 2 * (w[:, 0] - u[:, 0])
+        ladj = ladj + chart_log_terms(w[:, 0], log_h=True) - chart_log_terms(u[:, 0], log_h=True)
         return self._field(w, c), ladj
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,4 +176,5 @@ class U1Fourier(Architecture):
         u = (w - self.shift.to(x)) * torch.exp(-self.log_scale.to(x))
         u, ladj = self.couplings.inverse(u)
         ladj = ladj - self.log_scale.to(x).sum() + 2 * (u[:, 0] - w[:, 0])
+        ladj = ladj + chart_log_terms(u[:, 0], log_h=True) - chart_log_terms(w[:, 0], log_h=True)
         return self._field(u, c), ladj

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from sesamo_bench.architecture import Architecture, Domain
-from sesamo_bench.architectures.u1_fourier import fourier_basis
+from sesamo_bench.architectures.u1_fourier import chart, chart_inverse, chart_log_terms, fourier_basis
 from sesamo_bench.flows import RealNVP
 
 
@@ -77,10 +77,10 @@ class Z2Fourier(Architecture):
         s = torch.where(m < 0, -1.0, 1.0).to(x)
         a = (s * x) @ self.basis[1:].to(x).t()
         # rho from |M| itself: the projection on the zero mode can round below 0 when M ~ 0
-        return torch.cat([torch.log(m.abs()) - 0.5 * math.log(self.dim), a], 1), s
+        return torch.cat([chart_inverse(torch.log(m.abs()) - 0.5 * math.log(self.dim)), a], 1), s
 
     def _field(self, u: Tensor, s: Tensor) -> Tensor:
-        return s * (torch.cat([torch.exp(u[:, :1]), u[:, 1:]], 1) @ self.basis.to(u))
+        return s * (torch.cat([chart(u[:, :1]), u[:, 1:]], 1) @ self.basis.to(u))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """x = g(z) and ln|det dx/dz|."""
@@ -89,6 +89,7 @@ class Z2Fourier(Architecture):
         w, ladj = self.couplings(u)
         w = torch.addcmul(self.shift.to(z), w, self.log_scale.to(z).exp())
         ladj = ladj + self.log_scale.to(z).sum() + (w[:, 0] - u[:, 0])
+        ladj = ladj + chart_log_terms(w[:, 0], log_h=False) - chart_log_terms(u[:, 0], log_h=False)
         return self._field(w, s), ladj
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,4 +99,5 @@ class Z2Fourier(Architecture):
         u = (w - self.shift.to(x)) * torch.exp(-self.log_scale.to(x))
         u, ladj = self.couplings.inverse(u)
         ladj = ladj - self.log_scale.to(x).sum() + (u[:, 0] - w[:, 0])
+        ladj = ladj + chart_log_terms(u[:, 0], log_h=False) - chart_log_terms(w[:, 0], log_h=False)
         return self._field(u, s), ladj
