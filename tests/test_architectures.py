@@ -299,3 +299,19 @@ def test_dropped_in_architecture_gets_the_contract_tests(tmp_path: Path):
     summary = next(line for line in reversed(out.stdout.splitlines()) if " passed" in line)
     passed = int(summary.split(" passed")[0].split()[-1])
     assert passed >= 8, out.stdout[-2000:]  # inverse/ladj, identity, shape, and one density per method
+
+
+def test_magnetisation_chart_is_a_bijection_with_exact_log_terms():
+    """u1-fourier / z2-fourier: a_0 = h(rho) is e^rho up to RHO_MAX and linear beyond (no overflow);
+    inverse, ln h and ln h' against autograd, and exactly the exponential chart below RHO_MAX."""
+    from sesamo_bench.architectures.u1_fourier import chart, chart_inverse, chart_log_terms
+
+    rho = torch.tensor([-3.0, 0.0, 5.0, 19.9, 20.0, 20.5, 100.0, 22515.0], dtype=torch.float64, requires_grad=True)
+    a = chart(rho)
+    assert torch.isfinite(a).all()
+    assert torch.allclose(chart_inverse(torch.log(a)), rho, rtol=1e-12, atol=1e-9)
+    (da,) = torch.autograd.grad(a.sum(), rho)
+    assert torch.allclose(torch.log(da) - rho, chart_log_terms(rho, log_h=False), atol=1e-12)
+    assert torch.allclose(torch.log(a) + torch.log(da) - 2 * rho, chart_log_terms(rho, log_h=True), atol=1e-12)
+    low = torch.tensor([-2.0, 0.5, 2.7])
+    assert torch.equal(chart(low), torch.exp(low)) and not chart_log_terms(low, log_h=True).any()

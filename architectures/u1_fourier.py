@@ -1,0 +1,180 @@
+r"""``u1-fourier``: a U(1)-equivariant flow in the frame of the magnetisation, on lattice momentum modes.
+
+For a complex field x on a periodic lattice of V sites, M = sum_j x_j = |M| e^{i theta}. In the
+frame of M, y = e^{-i theta} x has a real positive magnetisation: the coordinates
+
+    u = (rho, a_p (p != 0), b_p (p != 0)) in R^(2V-1),    rho = ln(|M| / sqrt(V)),
+
+with a_p, b_p the real and imaginary parts of y in a real orthonormal Fourier basis (cos and sin
+modes of each lattice momentum p; the zero mode of Re y is |M| / sqrt(V), that of Im y is 0),
+describe the orbit of x under U(1) exactly once, and theta is its position on the orbit. The flow is
+
+    x -> x' = e^{i theta} y(u'),    u' = e^{s} * g(u) + t,
+
+with g the ``realnvp`` couplings on R^(2V-1) and (s, t) a learned diagonal affine map: per momentum
+mode a scale (the free-field / mean-field preconditioning of the lattice literature, Albergo,
+Kanwar, Shanahan 2019) and, through rho, the size of the magnetisation of an ordered phase. Since
+u ignores theta the map commutes with x -> e^{i phi} x. Jacobian: x <-> (a_0, a_p, b_p, theta)
+has volume element |M| = sqrt(V) e^{rho} (the polar decomposition of the reference notes, the
+Fourier basis being orthonormal), a_0 = e^{rho} gives e^{rho} more, so
+
+    ln|det dx'/dx| = ln|det du'/du| + 2 (rho' - rho)
+
+(beyond rho = :data:`RHO_MAX` the chart continues linearly, :func:`chart`, and these terms are
+ln h + ln h' of that chart: :func:`chart_log_terms`).
+
+A fresh flow is the identity. Use with SESaMo (equivariant construction: the modulation then
+draws theta).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sesamo_bench.core.architecture import Architecture, Domain
+from sesamo_bench.core.flows import RealNVP
+
+
+#: the chart a_0 = e^rho of the magnetisation's size continues linearly beyond rho = RHO_MAX,
+#: a_0 = e^RHO_MAX (1 + rho - RHO_MAX) (C^1 and monotone, so still a bijection), so that no rho
+#: overflows; a trained flow stays far below (|M| / sqrt(V) = e^RHO_MAX is ~5e8 per mode)
+RHO_MAX = 20.0
+
+
+def chart(rho: Tensor) -> Tensor:
+    """a_0 = h(rho): e^rho up to :data:`RHO_MAX`, then its tangent line."""
+    big = math.exp(RHO_MAX) * (1 + (rho - RHO_MAX).clamp(min=0))
+    return torch.where(rho <= RHO_MAX, torch.exp(rho.clamp(max=RHO_MAX)), big)
+
+
+def chart_inverse(log_a0: Tensor) -> Tensor:
+    """rho = h^{-1}(a_0) from ln a_0."""
+    return torch.where(log_a0 <= RHO_MAX, log_a0, RHO_MAX + torch.expm1((log_a0 - RHO_MAX).clamp(min=0)))
+
+
+def chart_log_terms(rho: Tensor, *, log_h: bool) -> Tensor:
+    r"""ln h'(rho) (+ ln h(rho) with ``log_h``) minus its value rho (2 rho) of the pure exponential
+    chart: exactly 0 for rho <= RHO_MAX, so the log-determinants there are those of a_0 = e^rho."""
+    excess = (rho - RHO_MAX).clamp(min=0)
+    out = -excess  # ln h' = min(rho, RHO_MAX)
+    if log_h:
+        out = out + torch.log1p(excess) - excess  # ln h = RHO_MAX + log1p(rho - RHO_MAX) beyond
+    return torch.where(rho <= RHO_MAX, torch.zeros_like(rho), out)
+
+
+def fourier_basis(sites: tuple[int, ...]) -> Tensor:
+    r"""Real orthonormal Fourier basis of fields on a periodic lattice, ``(V, V)`` float64, one mode a row.
+
+    Row 0 is the zero mode 1 / sqrt(V); a momentum p with p = -p (mod L) gives one row
+    cos(p . j) / sqrt(V), any other pair (p, -p) gives sqrt(2 / V) cos(p . j) and sqrt(2 / V) sin(p . j).
+
+    Example:
+        >>> f = fourier_basis((4, 2))
+        >>> torch.allclose(f @ f.T, torch.eye(8, dtype=torch.float64))
+        True
+    """
+    v = math.prod(sites)
+    js = torch.tensor(list(itertools.product(*[range(s) for s in sites])), dtype=torch.float64)  # (V, d)
+    two_pi_over_l = torch.tensor([2 * math.pi / s for s in sites], dtype=torch.float64)
+    rows, seen = [], set()
+    for p in itertools.product(*[range(s) for s in sites]):
+        minus = tuple((-pi) % s for pi, s in zip(p, sites))
+        if p in seen:
+            continue
+        seen.update({p, minus})
+        phase = js @ (torch.tensor(p, dtype=torch.float64) * two_pi_over_l)
+        if minus == p:
+            rows.append(torch.cos(phase) / math.sqrt(v))
+        else:
+            rows += [torch.cos(phase) * math.sqrt(2 / v), torch.sin(phase) * math.sqrt(2 / v)]
+    return torch.stack(rows)
+
+
+class U1Fourier(Architecture):
+    r"""U(1)-equivariant flow: RealNVP and a diagonal affine map on (ln|M|, momentum modes) in the frame of M.
+
+    Arguments:
+        domain: a complex field (2 components per site) on a periodic lattice.
+        couplings, hidden_layers, width, activation, scale_bound: the couplings g, as ``realnvp``.
+
+    Example:
+        >>> f = U1Fourier(Domain((2, 2, 2), lattice=2), couplings=2, width=8).double()
+        >>> with torch.no_grad():
+        ...     _ = f.shift.fill_(0.5)
+        >>> z = torch.randn(3, 8, dtype=torch.float64)
+        >>> c, s = math.cos(0.3), math.sin(0.3)
+        >>> rot = lambda x: (x.view(3, 4, 2) @ torch.tensor([[c, s], [-s, c]], dtype=x.dtype)).view(3, 8)
+        >>> torch.allclose(f(rot(z))[0], rot(f(z)[0])) and torch.allclose(f.inverse(f(z)[0])[0], z)
+        True
+    """
+
+    name = "u1-fourier"
+    description = ("U(1)-equivariant: RealNVP + diagonal affine on ln|M| and the momentum modes, "
+                   "in the frame of the magnetisation")
+    domains = ("lattice",)
+    equivariance = ("u1",)
+    run_fields = True
+
+    @classmethod
+    def accepts(cls, domain: Domain) -> str | None:
+        reason = super().accepts(domain)
+        if reason is None and (domain.channels != 2 or len(domain.shape) != domain.lattice + 1):
+            reason = f"acts on complex lattice fields (2 components per site), not on {domain.describe()}"
+        return reason
+
+    def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
+                 activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
+        super().__init__()
+        self.domain, self.dim = domain, domain.dim
+        self.v = math.prod(domain.sites)
+        d = 2 * self.v - 1
+        self.register_buffer("basis", fourier_basis(domain.sites), persistent=False)
+        self.couplings = RealNVP(d, couplings=couplings, hidden_layers=hidden_layers, width=width,
+                                 activation=activation, scale_bound=scale_bound, kernels=kernels)
+        self.log_scale = nn.Parameter(torch.zeros(d))
+        self.shift = nn.Parameter(torch.zeros(d))
+
+    def _frame(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(u ``(N, 2V-1)``, (cos theta, sin theta) ``(N, 2)``) of fields ``(N, D)``."""
+        f = x.view(x.shape[0], self.v, 2)
+        m = f.sum(1)
+        r = m.norm(dim=1, keepdim=True)
+        c = m / r
+        re = f[..., 0] * c[:, :1] + f[..., 1] * c[:, 1:]  # e^{-i theta} x
+        im = f[..., 1] * c[:, :1] - f[..., 0] * c[:, 1:]
+        basis = self.basis.to(x)
+        a, b = re @ basis[1:].t(), im @ basis[1:].t()
+        # rho from |M| itself: the projection of Re y on the zero mode can round below 0 when M ~ 0
+        return torch.cat([chart_inverse(torch.log(r) - 0.5 * math.log(self.v)), a, b], 1), c
+
+    def _field(self, u: Tensor, c: Tensor) -> Tensor:
+        basis, v = self.basis.to(u), self.v
+        a = torch.cat([chart(u[:, :1]), u[:, 1:v]], 1) @ basis
+        b = u[:, v:] @ basis[1:]
+        re = a * c[:, :1] - b * c[:, 1:]  # e^{i theta} y
+        im = a * c[:, 1:] + b * c[:, :1]
+        return torch.stack([re, im], -1).reshape(u.shape[0], self.dim)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """x = g(z) and ln|det dx/dz|."""
+        self.check_input(z)
+        u, c = self._frame(z)
+        w, ladj = self.couplings(u)
+        w = torch.addcmul(self.shift.to(z), w, self.log_scale.to(z).exp())
+        ladj = ladj + self.log_scale.to(z).sum() + 2 * (w[:, 0] - u[:, 0])
+        ladj = ladj + chart_log_terms(w[:, 0], log_h=True) - chart_log_terms(u[:, 0], log_h=True)
+        return self._field(w, c), ladj
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """z = g^{-1}(x) and ln|det dz/dx|."""
+        self.check_input(x)
+        w, c = self._frame(x)
+        u = (w - self.shift.to(x)) * torch.exp(-self.log_scale.to(x))
+        u, ladj = self.couplings.inverse(u)
+        ladj = ladj - self.log_scale.to(x).sum() + 2 * (u[:, 0] - w[:, 0])
+        ladj = ladj + chart_log_terms(u[:, 0], log_h=True) - chart_log_terms(w[:, 0], log_h=True)
+        return self._field(u, c), ladj
