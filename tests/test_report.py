@@ -10,17 +10,10 @@ import math
 import pytest
 
 from sesamo_bench.errors import UnknownNameError
-from sesamo_bench.outputs.report import (
-    EMPTY,
-    FORMATS,
-    aggregate,
-    format_err,
-    paper_table1,
-    parse_err,
-    render_report,
-    render_table1,
-    shown_params,
-)
+from sesamo_bench.outputs.aggregate import aggregate, shown_params
+from sesamo_bench.outputs.formatting import FORMATS, format_err, parse_err
+from sesamo_bench.outputs.paper import paper_table1, render_table1
+from sesamo_bench.outputs.report import EMPTY, render_report
 
 
 def make_run(target="gaussian-mixture", method="sesamo", seed=0, *, params=None, status="finished", ess=0.9,

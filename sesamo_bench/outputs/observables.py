@@ -48,7 +48,7 @@ def render_observables(rows: list[dict[str, Any]], fmt: str = "terminal") -> str
     import json
 
     from ..harness.store import clean
-    from .report import _table, format_err
+    from .formatting import _table, format_err
 
     if fmt == "json":
         return json.dumps(clean(rows), indent=2)

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import UnknownNameError  # noqa: E402
-from .report import METHOD_LABELS, _mean_std, method_rank, params_key, params_label, shown_params  # noqa: E402
+from .aggregate import METHOD_LABELS, _mean_std, method_rank, params_key, params_label, shown_params  # noqa: E402
 
 KINDS = ("density", "ess-time", "breaking", "particles")
 DPI = 120
@@ -132,7 +132,7 @@ def _particles(target: str, params: dict[str, Any], shown: dict[str, Any], runs:
                out_dir: Path) -> Path | None:
     import torch
 
-    from .metrics import wasserstein_1d
+    from ..core.metrics import wasserstein_1d
 
     t = _target(target, params)
     if t is None or not hasattr(t, "distributions"):
@@ -284,7 +284,7 @@ def _curve(history: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | Non
 
 
 def _ess_time(target: str, shown: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> Path | None:
-    from .report import flow_label
+    from .aggregate import flow_label
 
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:  # one curve per (method, architecture) pair

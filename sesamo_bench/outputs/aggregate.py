@@ -1,0 +1,169 @@
+r"""Aggregation of stored runs over seeds: one group per (benchmark, target, method, flow, params,
+preset), with mean and sample standard deviation (``ddof=1``, the paper's "mean(std) over ten
+models") of ESS, ln Z, breaking ratios and the later metrics, and the labels and order the tables use.
+
+Pure functions of run records as returned by ``Store.runs()`` (JSON columns decoded): dicts with
+``benchmark``, ``target``, ``method``, ``seed``, ``params`` (target parameters, incl. swept values),
+``config`` (``RunConfig.to_dict()``), ``status``, ``wall_s``, ``ess``, ``log_z``,
+``breaking_ratio``, ``breaking_ratio_exact`` and ``metrics`` (``log_z_exact``, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from ..core.metrics import error_reliable
+from .formatting import _finite
+
+#: the statuses a run record can have, and the display order of the methods (others follow alphabetically)
+STATUSES = ("finished", "failed", "diverged", "interrupted", "running")
+METHOD_ORDER = ("realnvp", "canonicalization", "sesamo")
+METHOD_LABELS = {"realnvp": "RealNVP", "canonicalization": "Canonicalization", "sesamo": "SESaMo"}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; ``None`` for a single value) of finite values."""
+    v = [float(x) for x in values if _finite(x)]
+    if not v:
+        return None, None
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+def params_key(params: dict[str, Any] | None) -> str:
+    """A hashable, canonical form of a parameter dict (sorted JSON)."""
+    return json.dumps(params or {}, sort_keys=True, default=str)
+
+def params_label(params: dict[str, Any] | None) -> str:
+    """``"alpha=0.005, shape=8x8"``; ``"-"`` for no parameters (the target's defaults)."""
+    if not params:
+        return "-"
+    out = []
+    for k in sorted(params):
+        v = params[k]
+        if isinstance(v, (list, tuple)) and all(isinstance(i, int) for i in v):
+            v = "x".join(str(i) for i in v)
+        elif isinstance(v, float):
+            v = f"{v:g}"
+        out.append(f"{k}={v}")
+    return ", ".join(out)
+
+@functools.lru_cache(maxsize=64)
+def _target_defaults(name: str) -> dict[str, Any]:
+    """The target plugin's constructor defaults; ``{}`` when the plugin is missing."""
+    try:
+        from .. import plugins
+        from ..registry import parameters
+
+        return parameters(plugins.targets.get(name))
+    except Exception:  # no plugin: every parameter counts as set
+        return {}
+
+def _same(a: Any, b: Any) -> bool:
+    if _finite(a) and _finite(b):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+def shown_params(target: str, params: dict[str, Any], siblings: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    r"""The parameters worth printing: those differing from the target's defaults or varying.
+
+    Run records carry every target parameter (defaults included) plus swept hyperparameters;
+    tables and file names show only the keys that are not the plugin's default or that take
+    more than one value among ``siblings`` (the params of the other runs of the same target).
+    """
+    defaults = _target_defaults(target)
+    siblings = list(siblings)
+    out = {}
+    for k, v in params.items():
+        varies = any(not _same(p.get(k, defaults.get(k)), v) for p in siblings)  # missing = default
+        if varies or k not in defaults or not _same(v, defaults[k]):
+            out[k] = v
+    return out
+
+def _sort_value(v: Any) -> tuple:
+    return (0, float(v), "") if _finite(v) else (1, 0.0, str(v))
+
+def _params_sort(params: dict[str, Any]) -> tuple:
+    return tuple((k, _sort_value(params[k])) for k in sorted(params))
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key putting the paper's methods in the paper's column order."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+def _group_sort(g: dict[str, Any]) -> tuple:
+    return (g["benchmark"] or "", g["target"], _params_sort(g["params"]), g["preset"] or "", method_rank(g["method"]),
+            g.get("flow") or "")
+
+def flow_label(config: dict[str, Any] | None) -> str:
+    """The architecture of a run's configuration: ``realnvp`` (the default) or ``name(key=value,...)``."""
+    config = config or {}
+    inner = ",".join(f"{k}={v}" for k, v in sorted((config.get("flow_params") or {}).items()))
+    return (config.get("flow") or "realnvp") + (f"({inner})" if inner else "")
+
+def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    r"""Group runs over seeds and summarise each group.
+
+    Groups are keyed by (benchmark, target, method, architecture, params, preset): runs of different
+    presets or architectures are not comparable and are never pooled. Only ``finished`` runs enter the means; the others are
+    counted by status.
+
+    Arguments:
+        runs: run records (see the module docstring).
+
+    Returns:
+        One dict per group, sorted by benchmark, target, params, preset and method, with keys
+        ``benchmark, target, method, params, preset, seeds`` (finished seeds), ``n_runs``,
+        ``n_finished, n_failed, n_diverged, n_interrupted, n_running``, ``ess_mean, ess_std,
+        log_z_mean, log_z_std, breaking_ratio_mean, breaking_ratio_std`` (std: sample standard
+        deviation over seeds, ddof=1, ``None`` for one seed), ``log_z_err_mean`` (mean of the
+        per-run statistical error), ``log_z_exact, breaking_ratio_exact`` (``None`` where unknown),
+        ``breaking_ratio_exact_err`` (the error of a Monte Carlo reference), ``breaking_ratio_is_mean,
+        breaking_ratio_is_std, breaking_ratio_is_err_mean`` (importance-weighted R),
+        ``support_missing_mean, support_missing_std, support_missing_err_mean`` (target mass without
+        support), ``ess_n_min`` (the smallest ESS x N of the seeds), ``log_z_err_reliable``
+        (``ess_n_min >= metrics.MIN_EFFECTIVE_SAMPLES``; ``None`` for runs recorded without it)
+        and ``wall_s_mean``.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        preset = (r.get("config") or {}).get("preset")
+        key = (r.get("benchmark"), r["target"], r["method"], params_key(r.get("params")), preset,
+               flow_label(r.get("config")))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (bench, target, method, _, preset, flow), rs in groups.items():
+        fin = sorted((r for r in rs if r.get("status") == "finished"), key=lambda r: r.get("seed", 0))
+        g: dict[str, Any] = {"benchmark": bench, "target": target, "method": method,
+                             "params": dict(rs[0].get("params") or {}), "preset": preset, "flow": flow,
+                             "seeds": [r.get("seed") for r in fin], "n_runs": len(rs)}
+        for s in STATUSES:
+            g[f"n_{s}"] = sum(r.get("status") == s for r in rs)
+        for name in ("ess", "log_z", "breaking_ratio"):
+            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([r.get(name) for r in fin])
+        g["log_z_err_mean"] = _mean_std([r.get("log_z_err") for r in fin])[0]
+        ms = [(r.get("metrics") or {}) for r in fin]
+        for name in ("breaking_ratio_is", "support_missing"):
+            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
+            g[f"{name}_err_mean"] = _mean_std([m.get(f"{name}_err") for m in ms])[0]
+        for name in ("energy_w2", "distance_w2", "energy_w1", "distance_w1"):
+            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
+        n_eff = [float(m["ess_n"]) for m in ms if _finite(m.get("ess_n"))]
+        g["ess_n_min"] = min(n_eff) if n_eff else None
+        g["log_z_err_reliable"] = None if not n_eff else bool(error_reliable(min(n_eff)))
+        # exact references are properties of the target: take them from any run of the group
+        g["log_z_exact"] = next((float(v) for r in rs if _finite(v := (r.get("metrics") or {}).get("log_z_exact"))),
+                                None)
+        g["breaking_ratio_exact"] = next((float(r["breaking_ratio_exact"]) for r in rs
+                                          if _finite(r.get("breaking_ratio_exact"))), None)
+        g["breaking_ratio_exact_err"] = next(
+            (float(v) for r in rs if _finite(v := (r.get("metrics") or {}).get("breaking_ratio_exact_err"))), None)
+        g["wall_s_mean"] = _mean_std([r.get("wall_s") for r in fin])[0]
+        out.append(g)
+    return sorted(out, key=_group_sort)

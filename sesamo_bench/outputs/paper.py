@@ -1,0 +1,118 @@
+r"""The paper's Table 1 (ESS, mean(std) over ten models) as data, and our runs beside it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import UnknownNameError
+from .aggregate import (METHOD_LABELS, METHOD_ORDER, _same, _target_defaults, aggregate, params_key, params_label,
+                        shown_params)
+from .formatting import FORMATS, _latex_escape, _table, format_err, parse_err
+
+#: row id -> (model, symmetry, target, the params selecting our runs, ESS texts of realnvp /
+#: canonicalization / sesamo; None: not applicable)
+_TABLE1 = {
+    "gmm-exact-z8": ("Gaussian mixture model", "exact Z8", "gaussian-mixture", {"b": 0.0},
+                     ("0.75(26)", "0.992(4)", "0.999(1)")),
+    "phi4-complex-exact-u1": ("Complex phi4 theory", "exact U(1)", "phi4-complex", {"alpha": 0.0},
+                              ("0.16(8)", None, "0.951(3)")),
+    "phi4-complex-broken-u1": ("Complex phi4 theory", "broken U(1)", "phi4-complex", {"alpha": 0.005},
+                               ("0.22(4)", None, "0.948(4)")),
+    "hubbard-broken-z4": ("Hubbard model", "broken Z4", "hubbard", {}, ("0.88(15)", "0.85(1)", "0.999(2)")),
+}
+
+
+def paper_table1() -> dict[str, dict[str, Any]]:
+    r"""The ESS of the paper's Table 1 (mean(std) over ten models).
+
+    Returns:
+        ``{row_id: {"model", "symmetry", "target", "params", "ess"}}`` where ``params`` selects our
+        runs (a key missing from a run's params counts as the target's default) and ``ess`` maps
+        ``realnvp``/``canonicalization``/``sesamo`` to ``{"text": "0.75(26)", "mean": 0.75,
+        "std": 0.26}`` or ``None`` (not applicable: canonicalization of a continuous symmetry).
+    """
+    out = {}
+    for key, (model, sym, target, params, texts) in _TABLE1.items():
+        ess = {}
+        for method, text in zip(METHOD_ORDER, texts):
+            if text is None:
+                ess[method] = None
+            else:
+                m, s = parse_err(text)
+                ess[method] = {"text": text, "mean": m, "std": s}
+        out[key] = {"model": model, "symmetry": sym, "target": target, "params": dict(params), "ess": ess}
+    return out
+
+def _matches(params: dict[str, Any], want: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    return all(_same(params.get(k, defaults.get(k)), v) for k, v in want.items())
+
+def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
+    r"""Our ESS beside the paper's Table 1, one line per paper row and matching run group.
+
+    Arguments:
+        runs: run records; groups are matched to a paper row by target and the row's params.
+        fmt: ``markdown``, ``terminal``, ``latex`` (tables) or ``csv``/``json`` (raw numbers).
+
+    Returns:
+        The table; paper rows without matching runs show ``-`` for ours.
+    """
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, list(FORMATS))
+    groups = aggregate(runs)
+    table = paper_table1()
+    records = []
+    for key, row in table.items():
+        defaults = _target_defaults(row["target"])
+        mine = [g for g in groups if g["target"] == row["target"] and _matches(g["params"], row["params"], defaults)]
+        variants: dict[tuple, dict[str, dict]] = {}
+        for g in mine:
+            variants.setdefault((g["benchmark"], params_key(g["params"]), g["preset"]), {})[g["method"]] = g
+        for vkey, by_method in (variants.items() or [((None, None, None), {})]):
+            rec: dict[str, Any] = {"row": key, "model": row["model"], "symmetry": row["symmetry"],
+                                   "target": row["target"], "benchmark": vkey[0], "preset": vkey[2],
+                                   "params": json.loads(vkey[1]) if vkey[1] else None}
+            for m in METHOD_ORDER:
+                p, g = row["ess"][m], by_method.get(m)
+                rec[f"{m}_paper_mean"] = p and p["mean"]
+                rec[f"{m}_paper_std"] = p and p["std"]
+                rec[f"{m}_paper"] = p["text"] if p else "n/a"
+                rec[f"{m}_ess_mean"] = g and g["ess_mean"]
+                rec[f"{m}_ess_std"] = g and g["ess_std"]
+                rec[f"{m}_seeds"] = g["n_finished"] if g else 0
+                rec[f"{m}_ours"] = format_err(g["ess_mean"], g["ess_std"]) if g else "-"
+            records.append(rec)
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        fields = [k for k in records[0] if not k.endswith(("_paper", "_ours"))]
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow({k: "" if r[k] is None else (params_key(r[k]) if k == "params" else r[k]) for k in fields})
+        return buf.getvalue()
+    headers = ["model", "symmetry", "ours: params"]
+    for m in METHOD_ORDER:
+        headers += [f"{METHOD_LABELS[m]} (paper)", f"{METHOD_LABELS[m]} (ours)"]
+    rows = []
+    for r in records:
+        shown = {} if r["params"] is None else shown_params(r["target"], r["params"])
+        label = "(no runs)" if r["params"] is None else (params_label(shown) if shown else "defaults")
+        if r["preset"]:
+            label += f" [{r['preset']}]"
+        if r["benchmark"]:
+            label = f"{r['benchmark']}: {label}"
+        line = [r["model"], r["symmetry"], label]
+        for m in METHOD_ORDER:
+            line += [r[f"{m}_paper"], r[f"{m}_ours"]]
+        rows.append(line)
+    caption = ("ESS after training, mean(std) over seeds (sample std, ddof=1). Paper: Table 1 of the SESaMo "
+               "paper, ten models each; n/a: canonicalization does not handle the continuous U(1) symmetry.")
+    text = _table(headers, rows, fmt, title=None, width=200)
+    if fmt == "latex":
+        return f"\\begin{{table}}\n\\centering\n{text}\n\\caption{{{_latex_escape(caption)}}}\n\\end{{table}}"
+    return text + "\n\n" + caption
