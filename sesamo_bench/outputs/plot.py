@@ -169,14 +169,7 @@ def _density(target: str, params: dict[str, Any], shown: dict[str, Any], runs: l
     t = _target(target, params)
     if t is not None and hasattr(t, "distributions"):
         return None  # particle targets: kind "particles"
-    panels = []  # (method, observable)
-    for (method,), rs in sorted(_by(runs, "method").items(), key=lambda kv: method_rank(kv[0][0])):
-        rs = sorted(rs, key=lambda r: (r.get("status") != "finished", r.get("seed", 0)))
-        for r in rs:
-            x = _load_samples(r)
-            if x is not None:
-                panels.append((method, r.get("seed"), x))
-                break
+    panels = _first_samples(runs)
     if not panels:
         return None
     kinds = {_observable(x)[0] for _, _, x in panels}
