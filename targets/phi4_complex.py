@@ -49,10 +49,7 @@ class Phi4Complex(Target):
         "smoke": SMOKE,
         "quick": {"steps": 6000, "batch_size": 1024, "lr": 1e-3, "lr_schedule": "cosine", "couplings": 6,
                   "hidden_layers": 2, "width": 100, "eval_every": 250, "eval_samples": 4096,
-                  "final_samples": 32768, "checkpoint_every": 1000,
-                  # SESaMo's flow: U(1)-equivariant, on ln|M| and the momentum modes (issue 14: ESS 0.2 after
-                  # 3000 steps against 0.0008 for the MLP after 6000; docs/results.md, "Architectures")
-                  "methods": {"sesamo": {"flow": "u1-fourier"}}},
+                  "final_samples": 32768, "checkpoint_every": 1000},
         "paper": {"steps": 400000, "batch_size": 8192, "lr": 5e-4, "couplings": 6, "hidden_layers": 4,
                   "width": 100, "eval_every": 1000, "eval_samples": 8192, "final_samples": 262144,
                   "checkpoint_every": 10000, "lr_patience": 2000},
