@@ -93,7 +93,13 @@ class RunRecord:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunRecord:
-        """The typed view of a store row (a dict of columns; metrics read from ``row["metrics"]``)."""
+        """The typed view of a store row (a dict of columns; metrics read from ``row["metrics"]``).
+
+        Example:
+            >>> r = RunRecord.from_row({"run_id": "abc", "ess": 0.9, "metrics": {"ess_n": 900.0, "extra": 1}})
+            >>> r.ess, r.ess_n, r.to_row()["metrics"] == {"ess_n": 900.0, "extra": 1}
+            (0.9, 900.0, True)
+        """
         m = row.get("metrics") or {}
         values = {f.name: (m.get(f.name) if f.metadata.get("metric") else row.get(f.name))
                   for f in dataclasses.fields(cls)}
