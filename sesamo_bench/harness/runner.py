@@ -440,11 +440,14 @@ def _death(exitcode: int | None) -> str:
 
 
 class _Worker:
-    """One worker process of the grid, with its own task queue and the task it runs."""
+    """One worker process of the grid, with its own task and result queues and the task it runs
+    (its own result queue: a worker killed while writing to it can corrupt or lock only that one)."""
 
-    def __init__(self, ctx: Any, stop_event: Any, out: Any, store_path: str):
+    def __init__(self, ctx: Any, stop_event: Any, store_path: str):
         self.inbox = ctx.SimpleQueue()
-        self.proc = ctx.Process(target=_worker_main, args=(stop_event, self.inbox, out, store_path), daemon=True)
+        self.out = ctx.Queue()
+        self.proc = ctx.Process(target=_worker_main, args=(stop_event, self.inbox, self.out, store_path),
+                                daemon=True)
         self.proc.start()
         self.task: tuple[PlannedRun, bool] | None = None
 
@@ -459,7 +462,7 @@ def _pool(todo: list[tuple[PlannedRun, bool]], store: Store, workers: int, flag:
     killer, ``kill -9``) costs only its own run: that run is recorded ``failed`` with the cause,
     a new worker takes its place, the runs of the other workers go on undisturbed."""
     ctx = mp.get_context("spawn")
-    stop_event, out = ctx.Event(), ctx.Queue()
+    stop_event = ctx.Event()
     flag.event = stop_event
     if flag():
         stop_event.set()
@@ -488,12 +491,15 @@ def _pool(todo: list[tuple[PlannedRun, bool]], store: Store, workers: int, flag:
             done[rid] = _crashed(run, store, f"worker error: {value}")
 
     def drain(timeout: float) -> None:
-        try:
-            handle(out.get(timeout=timeout))
-            while True:
-                handle(out.get_nowait())
-        except queue.Empty:
-            pass
+        """Handle what the live workers sent; wait up to ``timeout`` when nothing came."""
+        got = False
+        for w in list(pool):
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    handle(w.out.get_nowait())
+                    got = True
+        if not got and timeout > 0:
+            time.sleep(timeout)
 
     try:
         while waiting or by_id:
@@ -502,7 +508,7 @@ def _pool(todo: list[tuple[PlannedRun, bool]], store: Store, workers: int, flag:
             while waiting and not stop_event.is_set():
                 idle = [w for w in pool if w.task is None and w.proc.is_alive()]
                 if not idle and len(pool) < workers:
-                    pool.append(_Worker(ctx, stop_event, out, str(store.path)))
+                    pool.append(_Worker(ctx, stop_event, str(store.path)))
                     continue
                 if not idle:
                     break
@@ -515,8 +521,7 @@ def _pool(todo: list[tuple[PlannedRun, bool]], store: Store, workers: int, flag:
             for w in list(pool):
                 if w.proc.is_alive():
                     continue
-                drain(0.2)  # what it sent before it died
-                pool.remove(w)
+                pool.remove(w)  # its queue is not read again: a message cut off by the kill would block
                 if w.task is not None:
                     run = w.task[0]
                     by_id.pop(run.run_id, None)
