@@ -115,6 +115,16 @@ def test_aggregate_groups_by_params_benchmark_and_preset():
     assert adhoc[1]["breaking_ratio_exact"] == pytest.approx(-1.0)
 
 
+def test_aggregate_keeps_runs_of_different_symmetry_parameters_apart():
+    runs = [make_run("dw4", "sesamo", s, ess=0.1) for s in (0, 1)]
+    for r, sym in zip([make_run("dw4", "sesamo", s, ess=0.5) for s in (0, 1)], ({"permutations": False},) * 2):
+        r["config"]["symmetry_params"] = sym
+        runs.append(r)
+    full, restricted = sorted(aggregate(runs), key=lambda g: len(g["params"]))
+    assert full["ess_mean"] == pytest.approx(0.1) and full["params"] == {}
+    assert restricted["ess_mean"] == pytest.approx(0.5) and restricted["params"] == {"symmetry.permutations": False}
+
+
 def test_aggregate_ignores_nan_and_unfinished_values():
     runs = [make_run(seed=0, ess=float("nan")), make_run(seed=1, ess=0.8), make_run(seed=2, status="running", ess=0.1)]
     (g,) = aggregate(runs)

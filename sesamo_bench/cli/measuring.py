@@ -108,3 +108,37 @@ def reference_cmd(
     path = write(out=out, chains=chains, samples=samples, burn_in=burn_in, seed=seed,
                  log=lambda m: typer.echo(f"... {m}", err=True))
     typer.echo(str(path))
+
+
+@app.command("ceiling")
+def ceiling_cmd(
+    target: str = typer.Option(..., "--target", help="phi4-real or phi4-complex"),
+    set_: List[str] = typer.Option([], "--set", help="target parameter key=value (repeatable), e.g. alpha=0.005"),
+    chains: int = typer.Option(64, "--chains", help="HMC chains of the unbroken (alpha = 0) theory"),
+    samples: int = typer.Option(2000, "--samples", help="recorded states per chain"),
+    seed: int = typer.Option(20261202, "--seed"),
+    json_out: bool = typer.Option(False, "--json", help="print only a JSON object"),
+) -> None:
+    """The highest ESS an exactly symmetric model can reach where the target breaks its symmetry."""
+    import json
+
+    from .. import plugins
+    from ..analysis.ceiling import TARGETS, ceiling_for
+    from ..harness.grid import parse_assignments
+
+    if target not in TARGETS:
+        raise ConfigError(f"ceiling: --target {target!r} has no closed-form ceiling. Allowed: {', '.join(TARGETS)}")
+    _count(chains, "--chains", 1, 4096)
+    _count(samples, "--samples", 2, 10**7)
+    _count(seed, "--seed", 0, 2**32 - 1)
+    tgt = plugins.targets.create(target, parse_assignments(set_, "--set"), table=f"target '{target}'")
+    c = ceiling_for(tgt, chains=chains, samples=samples, seed=seed)
+    if json_out:
+        typer.echo(json.dumps({"target": target, "params": tgt.params(), **c.as_dict()}))
+        return
+    typer.echo(f"{target} {', '.join(f'{k}={v}' for k, v in tgt.params().items())} (group {c.group}; "
+               f"|M| = {c.abs_m.mean:.3f}({c.abs_m.err:.3f}) from {c.abs_m.n} HMC states at alpha = 0)")
+    for key, what in (("ceiling", "best invariant model"), ("symmetrised", "symmetrised target"),
+                      ("unbroken", "unbroken theory (reverse-KL optimum)")):
+        e = getattr(c, key)
+        typer.echo(f"  ESS of the {what:38s} {e.mean:.5f} +- {e.err:.5f}")

@@ -107,11 +107,19 @@ def flow_label(config: dict[str, Any] | None) -> str:
     inner = ",".join(f"{k}={v}" for k, v in sorted((config.get("flow_params") or {}).items()))
     return (config.get("flow") or "realnvp") + (f"({inner})" if inner else "")
 
+def group_params(run: dict[str, Any]) -> dict[str, Any]:
+    """The target parameters of a run, with its non-default symmetry parameters as ``symmetry.<key>``
+    (runs that restrict the group differently are different experiments)."""
+    sym = (run.get("config") or {}).get("symmetry_params") or {}
+    return {**(run.get("params") or {}), **{f"symmetry.{k}": v for k, v in sym.items()}}
+
+
 def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     r"""Group runs over seeds and summarise each group.
 
-    Groups are keyed by (benchmark, target, method, architecture, params, preset): runs of different
-    presets or architectures are not comparable and are never pooled. Only ``finished`` runs enter the means; the others are
+    Groups are keyed by (benchmark, target, method, architecture, params, preset), params being the
+    target's and the symmetry's (:func:`group_params`): runs of different presets, architectures or
+    groups are not comparable and are never pooled. Only ``finished`` runs enter the means; the others are
     counted by status.
 
     Arguments:
@@ -134,14 +142,14 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         preset = (r.get("config") or {}).get("preset")
-        key = (r.get("benchmark"), r["target"], r["method"], params_key(r.get("params")), preset,
+        key = (r.get("benchmark"), r["target"], r["method"], params_key(group_params(r)), preset,
                flow_label(r.get("config")))
         groups.setdefault(key, []).append(r)
     out = []
     for (bench, target, method, _, preset, flow), rs in groups.items():
         fin = sorted((r for r in rs if r.get("status") == "finished"), key=lambda r: r.get("seed", 0))
         g: dict[str, Any] = {"benchmark": bench, "target": target, "method": method,
-                             "params": dict(rs[0].get("params") or {}), "preset": preset, "flow": flow,
+                             "params": group_params(rs[0]), "preset": preset, "flow": flow,
                              "seeds": [r.get("seed") for r in fin], "n_runs": len(rs)}
         for s in STATUSES:
             g[f"n_{s}"] = sum(r.get("status") == s for r in rs)

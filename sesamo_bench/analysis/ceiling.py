@@ -1,0 +1,164 @@
+r"""The ESS an exactly symmetric model can reach on a target whose symmetry is broken.
+
+A model whose density is invariant under the group G (an equivariant flow with an invariant
+prior, Koehler et al. 2020) cannot represent a target p = p0 e^{-B} / Z whose breaking term B is
+not invariant (p0 invariant). How far it falls short follows from the breaking term alone. With
+the normalised ESS = 1 / E_p[p / q] and orbit averages <.>_G (uniform over a finite G, Haar
+measure for U(1)), over all invariant densities q:
+
+- **ceiling** (the best invariant q): minimising E_p[p / q] = int p^2 / q orbit by orbit gives
+  q* proportional to A = sqrt(<p(g x)^2>_G), and ESS* = 1 / (int A)^2;
+- **symmetrised target** p-bar = <p(g x)>_G: ESS = 1 / int p^2 / p-bar;
+- **unbroken theory** p0 (what reverse KL converges to among invariant q: for invariant q,
+  E_q[ln p] = E_q[<ln p(g x)>_G] and <B(g x)>_G = 0 for a linear breaking term):
+  ESS = 1 / (E_p[e^{B}] E_p[e^{-B}]).
+
+Written as averages over the unbroken ensemble p0 (alpha = 0) with c_k(x) = <e^{-k B(g x)}>_G,
+which depends on |M| only for the two lattice theories (B = alpha M with M = sum_j x_j for real
+phi^4 under Z2; B = alpha Re M, M = sum_j x_j complex, for complex phi^4 under U(1)):
+
+    ESS*       = <c_1>_0^2 / <sqrt(c_2)>_0^2,
+    ESS(p-bar) = <c_1>_0 / <c_2 / c_1>_0,
+    ESS(p0)    = <c_1>_0^2 / <c_2>_0,
+
+with c_k = cosh(k alpha |M|) for Z2 and I_0(k alpha |M|) for U(1). By Cauchy-Schwarz
+ESS* >= both others. A flow with a learnable breaking (SESaMo) has no such ceiling (ESS 1 is in
+its family). The averages come from the suite's HMC of the alpha = 0 theory with the exact
+global move, their errors from the Gamma method of the linearised estimators.
+
+Run::
+
+    sesamo-bench ceiling --target phi4-real --set alpha=0.005
+    python -m sesamo_bench.analysis.ceiling phi4-complex 0.005
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy import special
+
+from . import autocorr
+from .hmc import HMC, global_flip, random_phase
+
+#: the symmetries whose breaking term alpha * (linear in M) has a closed-form orbit average
+GROUPS = ("z2", "u1")
+
+
+def orbit_means(abs_m: np.ndarray, k_alpha: float, group: str) -> np.ndarray:
+    r"""c(x) = <e^{-k alpha B(g x)}>_G per state from |M|: cosh(k alpha |M|) (Z2), I_0(k alpha |M|) (U(1))."""
+    if group == "z2":
+        return np.cosh(k_alpha * abs_m)
+    if group == "u1":
+        return special.i0(k_alpha * abs_m)
+    raise ValueError(f"ceiling: no closed-form orbit average for group {group!r}. Allowed: {', '.join(GROUPS)}")
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The three ESS values of :mod:`this module <sesamo_bench.analysis.ceiling>` with their errors."""
+
+    alpha: float
+    group: str
+    ceiling: autocorr.Estimate
+    symmetrised: autocorr.Estimate
+    unbroken: autocorr.Estimate
+    abs_m: autocorr.Estimate
+
+    def as_dict(self) -> dict[str, Any]:
+        def pair(e: autocorr.Estimate) -> dict[str, float]:
+            return {"value": e.mean, "err": e.err}
+        return {"alpha": self.alpha, "group": self.group, "ceiling": pair(self.ceiling),
+                "symmetrised": pair(self.symmetrised), "unbroken": pair(self.unbroken), "abs_M": pair(self.abs_m)}
+
+
+def _derived(value: float, series: list[np.ndarray], grads: list[float]) -> autocorr.Estimate:
+    """f(<a_1>, ..., <a_n>) with its Gamma-method error from the linearised series sum_i df/da_i a_i."""
+    proj = sum(g * s for g, s in zip(grads, series))
+    e = autocorr.gamma_method(proj)
+    return autocorr.Estimate(float(value), e.err, e.tau_int, e.tau_err, e.window, e.n)
+
+
+def ceilings(abs_m: np.ndarray, alpha: float, group: str) -> Ceiling:
+    r"""The ESS ceiling of invariant models from |M| of an unbroken (alpha = 0) ensemble.
+
+    Arguments:
+        abs_m: |M| (the magnitude of the summed field, not per site) per state, ``(N,)`` or
+            ``(chains, N)`` (a chain's states in order, for the autocorrelation).
+        alpha: the breaking parameter.
+        group: ``z2`` or ``u1``.
+
+    Example (|M| fixed: every invariant model is the same on each orbit):
+        >>> c = ceilings(np.full((2, 50), 3.0), 0.2, "z2")
+        >>> round(c.ceiling.mean, 6) == round(c.unbroken.mean, 6) == round(math.cosh(0.6) ** 2 / math.cosh(1.2), 6)
+        True
+    """
+    a = np.asarray(abs_m, dtype=np.float64)
+    c1, c2 = orbit_means(a, alpha, group), orbit_means(a, 2 * alpha, group)
+    s2, r = np.sqrt(c2), c2 / c1
+    m1, ms, mr, m2 = c1.mean(), s2.mean(), r.mean(), c2.mean()
+    best = _derived(m1 ** 2 / ms ** 2, [c1, s2], [2 * m1 / ms ** 2, -2 * m1 ** 2 / ms ** 3])
+    sym = _derived(m1 / mr, [c1, r], [1 / mr, -m1 / mr ** 2])
+    unb = _derived(m1 ** 2 / m2, [c1, c2], [2 * m1 / m2, -m1 ** 2 / m2 ** 2])
+    return Ceiling(alpha, group, best, sym, unb, autocorr.gamma_method(a))
+
+
+def _abs_m_real(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).sum(-1).abs()
+
+
+def _abs_m_complex(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x.flatten(1, -2).sum(1), dim=-1)  # |sum_j (re_j, im_j)|
+
+
+#: target name -> (group, |M| of states (C, *shape) -> (C,), global move, HMC step size)
+TARGETS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor], Any, float]] = {
+    "phi4-real": ("z2", _abs_m_real, global_flip, 0.25),
+    "phi4-complex": ("u1", _abs_m_complex, random_phase, 0.2),
+}
+
+
+def unbroken_abs_m(target: Any, *, chains: int = 64, samples: int = 2000, burn_in: int = 300, thin: int = 2,
+                   seed: int = 20261202) -> np.ndarray:
+    """|M| per state ``(chains, samples)`` of ``target`` at alpha = 0, by HMC with the exact global move."""
+    if target.name not in TARGETS:
+        raise ValueError(f"ceiling: target {target.name!r} has no closed-form ceiling. Allowed: {', '.join(TARGETS)}")
+    _, abs_m, move, eps = TARGETS[target.name]
+    unbroken = type(target)(**{**target.params(), "alpha": 0.0})
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(chains, *unbroken.shape, dtype=torch.float64, generator=gen)
+    hmc = HMC(unbroken.action, eps=eps, n_leapfrog=10, global_moves=[move])
+    run = hmc.run(x0, n_samples=samples, burn_in=burn_in, thin=thin, generator=gen,
+                  observe=abs_m, keep=False)
+    return run.observables.double().numpy().T  # (chains, samples)
+
+
+def ceiling_for(target: Any, **kw: Any) -> Ceiling:
+    """:func:`ceilings` of ``target`` (its ``alpha``) from a fresh HMC of its unbroken theory."""
+    alpha = float(target.params()["alpha"])
+    return ceilings(unbroken_abs_m(target, **kw), alpha, TARGETS[target.name][0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .. import plugins
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("target", choices=sorted(TARGETS))
+    ap.add_argument("alpha", type=float)
+    ap.add_argument("--chains", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=2000)
+    a = ap.parse_args(argv)
+    c = ceiling_for(plugins.targets.create(a.target, {"alpha": a.alpha}), chains=a.chains, samples=a.samples)
+    for k in ("ceiling", "symmetrised", "unbroken"):
+        e = getattr(c, k)
+        print(f"{k:12s} {e.mean:.5f} +- {e.err:.5f}")
+    print(f"|M|          {c.abs_m.mean:.3f} +- {c.abs_m.err:.3f} (tau_int {c.abs_m.tau_int:.2f})")
+
+
+if __name__ == "__main__":
+    main()
