@@ -223,6 +223,27 @@ def test_run_json_new_fields(tmp_path):
     assert r["breaking_ratio_exact_err"] is None  # a closed form
 
 
+def test_reference_command_for_particles(tmp_path):
+    out = tmp_path / "dw4.json"
+    res = invoke("reference", "dw4", "--chains", "8", "--samples", "20", "--burn-in", "20", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    assert "virial" in res.stdout and "shipped reference" in res.stdout
+    rec = json.loads(out.read_text())
+    assert rec["target"] == "dw4" and rec["chains"] == 8 and rec["samples"] == 20 and rec["virial_expected"] == 6
+    assert invoke("reference", "dw4", "--chains", "0").exit_code == 2
+
+
+def test_ceiling_command():
+    bad = invoke("ceiling", "--target", "hubbard")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: ceiling: --target 'hubbard'")
+    res = invoke("ceiling", "--target", "phi4-real", "--set", "shape=3,2", "--set", "alpha=0.2", "--chains", "4",
+                 "--samples", "30", "--json")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(res.stdout)
+    assert rec["group"] == "z2" and rec["alpha"] == 0.2
+    assert 0 < rec["unbroken"]["value"] <= rec["ceiling"]["value"] <= 1
+
+
 def test_reference_command(tmp_path):
     bad = invoke("reference", "hubbard")
     assert bad.exit_code == 2 and bad.stderr.startswith("error: reference: unknown reference 'hubbard'")

@@ -170,3 +170,18 @@ def test_hmc_command_records_a_run(tmp_path, monkeypatch):
     res = _invoke("report", "--format", "json")
     assert [r["method"] for r in json.loads(res.stdout)] == ["hmc"]
     assert math.isfinite(rows[0]["cost_s"])
+
+
+def test_unmixed_chains_get_the_error_of_their_means():
+    """16 chains stuck in one of two states each: within every chain nothing fluctuates, so the
+    Gamma method alone says error 0; the chains disagree, and the error is the spread of their means."""
+    from sesamo_bench.analysis.observables import RHAT_MAX, from_chain
+
+    stuck = np.repeat((np.arange(16) % 4 == 0).astype(float)[None, :], 500, axis=0)  # (T, chains): 4 of 16 at 1
+    est = from_chain({"x": stuck.reshape(-1)}, chains=16)["x"]
+    assert est.value == pytest.approx(0.25) and est.rhat == float("inf") > RHAT_MAX
+    means = stuck.mean(0)
+    assert est.error == pytest.approx(means.std(ddof=1) / 4) and est.error > 0.1
+    mixed = np.random.default_rng(3).normal(size=(500, 16))
+    ok = from_chain({"x": mixed.reshape(-1)}, chains=16)["x"]
+    assert ok.rhat < 1.01 and ok.error == pytest.approx(1 / math.sqrt(8000), rel=0.15)

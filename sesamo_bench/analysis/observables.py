@@ -9,7 +9,10 @@ samples into estimates of both:
   <O> = sum_i w_i O_i / sum_i w_i with w = p/q, its error by linear error propagation of the
   ratio of the two means;
 - :func:`from_chain`: a Markov chain (neural MCMC, HMC), its error and integrated
-  autocorrelation time tau_int from the Gamma method with automatic windowing.
+  autocorrelation time tau_int from the Gamma method with automatic windowing; for several
+  chains also R-hat, and where it shows that they have not mixed (:data:`RHAT_MAX`) the error of
+  a primary observable is the spread of the chain means instead (the errors of derived
+  observables then remain the Gamma method's, too small).
 
 Both use pyerrors (Joswig, Kuberski, Kuhlmann, Neuendorf, Comput. Phys. Commun. 288 (2023)
 108750), which implements the Gamma method of Wolff (Comput. Phys. Commun. 156 (2004) 143) and
@@ -32,6 +35,12 @@ import numpy as np
 
 Derived = Callable[[dict[str, Any]], dict[str, Any]]
 
+#: chains whose R-hat exceeds this have not mixed: the Gamma method, which sees only the
+#: fluctuations within each chain, then underestimates the error (16 chains stuck in 16 modes give
+#: error 0); :func:`from_chain` uses the standard error of the chain means instead (Gelman & Rubin,
+#: Stat. Sci. 7 (1992) 457; 1.1 is their threshold)
+RHAT_MAX = 1.1
+
 
 @dataclass
 class Estimate:
@@ -43,12 +52,15 @@ class Estimate:
         tau_int: integrated autocorrelation time (0.5 for independent samples), ``None`` for
             derived observables.
         n_eff: effective number of samples, Var(O) / error^2 (``None`` for derived observables).
+        rhat: Gelman-Rubin R-hat over the chains (``None`` for one chain, reweighting and derived
+            observables); above :data:`RHAT_MAX` the error is the spread of the chain means.
     """
 
     value: float
     error: float
     tau_int: float | None = None
     n_eff: float | None = None
+    rhat: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,7 +198,40 @@ def from_chain(values: dict[str, np.ndarray], *, derived: Derived | None = None,
     names = [ensemble] if chains == 1 else [f"{ensemble}|r{c}" for c in range(chains)]
     primary = {name: pe.Obs([x.reshape(-1, chains)[:, c] for c in range(chains)], names)
                for name, x in flat.items()}
-    return _estimates(primary, flat, None, derived, values)
+    out = _estimates(primary, flat, None, derived, values)
+    if chains >= 2:
+        for name, x in flat.items():
+            _between_chains(out[name], x.reshape(-1, chains).T)
+    return out
+
+
+def rhat(chains: np.ndarray) -> float:
+    r"""Gelman-Rubin R-hat of ``(C, T)`` chains: sqrt(((T - 1) / T W + B / T) / W), W the mean
+    within-chain variance, B / T the variance of the chain means; inf where W = 0 < B.
+
+    Example:
+        >>> round(rhat(np.random.default_rng(0).normal(size=(8, 4000))), 2)
+        1.0
+        >>> rhat(np.array([[0.0, 0.0], [1.0, 1.0]]))
+        inf
+    """
+    t = chains.shape[1]
+    w = float(chains.var(axis=1, ddof=1).mean())
+    b_over_t = float(chains.mean(axis=1).var(ddof=1))
+    if w <= 0:
+        return math.inf if b_over_t > 0 else 1.0
+    return math.sqrt(((t - 1) / t * w + b_over_t) / w)
+
+
+def _between_chains(est: Estimate, chains: np.ndarray) -> None:
+    """Record R-hat; where the chains have not mixed, take the error from the spread of their means."""
+    est.rhat = rhat(chains)
+    if est.rhat > RHAT_MAX:
+        between = float(chains.mean(axis=1).std(ddof=1) / math.sqrt(chains.shape[0]))
+        if between > est.error:
+            var = float(np.var(chains))
+            est.error = between
+            est.n_eff = var / between**2 if between > 0 else None
 
 
 def cost_per_effective_sample(est: Estimate, seconds: float) -> float | None:

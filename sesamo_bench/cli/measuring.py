@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from . import app
 from .results import names
 
-REFERENCES = ("phi4-real",)
+REFERENCES = ("phi4-real", "dw4", "lj13")
 
 
 def _count(value: int, option: str, lo: int, hi: int) -> int:
@@ -92,17 +92,40 @@ def hmc_cmd(
 
 @app.command("reference")
 def reference_cmd(
-    what: str = typer.Argument(..., help="the reference to regenerate: phi4-real"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (default: the file shipped with the "
-                                       "package, sesamo_bench/data/phi4_real_breaking_ratio.json)"),
-    chains: int = typer.Option(256, "--chains", min=1, help="independent HMC chains"),
-    samples: int = typer.Option(8000, "--samples", min=2, help="recorded trajectories per chain"),
-    burn_in: int = typer.Option(400, "--burn-in", min=0, help="trajectories before recording"),
+    what: str = typer.Argument(..., help="the reference to regenerate: phi4-real, dw4 or lj13"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (phi4-real default: the file shipped with "
+                                       "the package, sesamo_bench/data/phi4_real_breaking_ratio.json; particles: "
+                                       "none, the check is printed)"),
+    chains: Optional[int] = typer.Option(None, "--chains", help="independent HMC chains (default: 256 for "
+                                         "phi4-real, 128 for particles)"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="recorded trajectories per chain (default: "
+                                          "8000 for phi4-real, 500 for particles)"),
+    burn_in: Optional[int] = typer.Option(None, "--burn-in", help="trajectories before recording (default: 400)"),
     seed: int = typer.Option(20261201, "--seed", help="seed of the chains' random stream"),
 ) -> None:
-    """Regenerate an exact reference by Monte Carlo (phi4-real: the breaking ratio R(alpha), a few CPU minutes)."""
+    """Regenerate an exact reference by Monte Carlo: phi4-real, the breaking ratio R(alpha) (a few CPU
+    minutes); dw4 / lj13, the suite's own HMC of the particle system with its convergence check
+    (energy, virial identity, R-hat) against the shipped reference samples."""
     if what not in REFERENCES:
         raise ConfigError(f"reference: unknown reference {what!r}. Available: {', '.join(REFERENCES)}")
+    particles = what != "phi4-real"
+    chains = _count(chains, "--chains", 1, 4096) if chains is not None else (128 if particles else 256)
+    samples = _count(samples, "--samples", 2, 10**7) if samples is not None else (500 if particles else 8000)
+    burn_in = _count(burn_in, "--burn-in", 0, 10**7) if burn_in is not None else 400
+    if particles:
+        import json
+
+        from .. import plugins
+        from ..analysis.particle_reference import format_check, mcmc_check
+        from ..harness.store import clean
+
+        rep = mcmc_check(plugins.targets.create(what), chains=chains, samples=samples, burn_in=burn_in, seed=seed)
+        rep.pop("samples_y")
+        typer.echo(format_check(rep))
+        if out is not None:
+            out.write_text(json.dumps(clean({"target": what, "seed": seed, "burn_in": burn_in, **rep}), indent=2))
+            typer.echo(str(out))
+        return
     from ..analysis.phi4_reference import write
 
     path = write(out=out, chains=chains, samples=samples, burn_in=burn_in, seed=seed,

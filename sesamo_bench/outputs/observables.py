@@ -11,7 +11,7 @@ from ..harness.measure import Measurement
 
 
 def estimate_rows(m: Measurement, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows ``observable, value, error, exact, pull, tau_int, n_eff, cost`` of one measurement."""
+    """Rows ``observable, value, error, exact, pull, tau_int, rhat, n_eff, cost`` of one measurement."""
     rows = []
     for k, e in m.estimates.items():
         if names and k.split("[")[0] not in names:
@@ -19,13 +19,13 @@ def estimate_rows(m: Measurement, names: list[str] | None = None) -> list[dict[s
         ex = (m.exact or {}).get(k)
         pull = (e.value - ex) / e.error if ex is not None and e.error > 0 and math.isfinite(e.value) else None
         rows.append({"observable": k, "value": e.value, "error": e.error, "exact": ex, "pull": pull,
-                     "tau_int": e.tau_int, "n_eff": e.n_eff, "cost_s": m.cost.get(k)})
+                     "tau_int": e.tau_int, "rhat": e.rhat, "n_eff": e.n_eff, "cost_s": m.cost.get(k)})
     return rows
 
 
 
 OBS_HEADERS = ["run", "target", "method", "estimator", "observable", "estimate", "exact", "pull", "tau_int",
-               "acceptance", "cost s/eff"]
+               "R-hat", "acceptance", "cost s/eff"]
 
 
 def observable_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -64,8 +64,9 @@ def render_observables(rows: list[dict[str, Any]], fmt: str = "terminal") -> str
 
     table = [[r["run_id"][:8], r["target"], r["method"], r["estimator"], r["observable"],
               format_err(r["value"], r["error"]), num(r["exact"], ".6g"), num(r["pull"], "+.1f"),
-              num(r["tau_int"], ".2f"), num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
+              num(r["tau_int"], ".2f"), ("inf" if r.get("rhat") == math.inf else num(r.get("rhat"), ".3g")), num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
     caption = ("estimate(error): error from the Gamma method (pyerrors); pull = (estimate - exact) / error; "
+               "R-hat over the chains (HMC), above 1.1 the error is the spread of the chain means; "
                "cost s/eff = seconds (training amortised, sampling, burn-in) per effective sample, "
                "Var(O) / error^2")
     return _table(OBS_HEADERS, table, fmt, title=None, width=200) + ("\n\n" + caption if fmt == "terminal" else "")
