@@ -220,7 +220,16 @@ def test_render_table1_beside_ours():
     assert "0.948(4)" in broken and "0.945(7)" in broken and "n/a" in broken
     exact = next(line for line in lines if "exact U(1)" in line)
     assert "0.951(3)" in exact  # the paper's number, ours '-'
+    def cells(line):
+        return [c.strip() for c in line.strip(" |").split("|")]
+    assert cells(lines[0])[-2:] == ["Equivariant (ours)", "VMONF (ours)"]
+    assert cells(gmm)[-2:] == ["n/a: no zm-equivariant flow", "-"]  # until a zm-equivariant architecture exists
+    runs += [make_run("hubbard", "vmonf", s, params={"beta": 2.0}, ess=0.9 + 0.02 * s, benchmark="hub")
+             for s in range(2)]
+    hub = next(line for line in render_table1(runs).splitlines() if "Hubbard" in line)
+    assert cells(hub)[-2:] == ["-", "0.910(14)"]
     data = json.loads(render_table1(runs, fmt="json"))
+    assert data[3]["vmonf_ess_mean"] == pytest.approx(0.91) and data[3]["equivariant_ours"] == "-"
     assert len(data) == 4 and data[0]["realnvp_paper_mean"] == 0.75
     assert r"\toprule" in render_table1(runs, fmt="latex")
     assert len(list(csv.DictReader(io.StringIO(render_table1([], fmt="csv"))))) == 4

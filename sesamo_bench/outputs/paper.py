@@ -47,6 +47,26 @@ def paper_table1() -> dict[str, dict[str, Any]]:
         out[key] = {"model": model, "symmetry": sym, "target": target, "params": dict(params), "ess": ess}
     return out
 
+#: methods the paper's Table 1 has no column for: ours only
+EXTRA_METHODS = ("equivariant", "vmonf")
+EXTRA_LABELS = {"equivariant": "Equivariant", "vmonf": "VMONF"}
+
+
+def _not_applicable(method: str, target: str, params: dict[str, Any]) -> str | None:
+    """Why ``method`` cannot run on ``target`` (one short phrase), or ``None``."""
+    if method != "equivariant":
+        return None
+    try:
+        from .. import plugins
+        from ..core.equivariant import Equivariant, architectures_for
+
+        tgt = plugins.targets.create(target, params)
+        group = Equivariant.symmetry_for(tgt)[0]
+        return None if architectures_for(group, tgt) else f"n/a: no {group}-equivariant flow"
+    except Exception:  # a missing plugin: nothing to say
+        return None
+
+
 def _matches(params: dict[str, Any], want: dict[str, Any], defaults: dict[str, Any]) -> bool:
     return all(_same(params.get(k, defaults.get(k)), v) for k, v in want.items())
 
@@ -84,6 +104,13 @@ def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
                 rec[f"{m}_ess_std"] = g and g["ess_std"]
                 rec[f"{m}_seeds"] = g["n_finished"] if g else 0
                 rec[f"{m}_ours"] = format_err(g["ess_mean"], g["ess_std"]) if g else "-"
+            for m in EXTRA_METHODS:
+                g = by_method.get(m)
+                rec[f"{m}_ess_mean"] = g and g["ess_mean"]
+                rec[f"{m}_ess_std"] = g and g["ess_std"]
+                rec[f"{m}_seeds"] = g["n_finished"] if g else 0
+                rec[f"{m}_ours"] = (format_err(g["ess_mean"], g["ess_std"]) if g else
+                                    _not_applicable(m, row["target"], row["params"]) or "-")
             records.append(rec)
     if fmt == "json":
         return json.dumps(records, indent=2)
@@ -98,6 +125,7 @@ def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
     headers = ["model", "symmetry", "ours: params"]
     for m in METHOD_ORDER:
         headers += [f"{METHOD_LABELS[m]} (paper)", f"{METHOD_LABELS[m]} (ours)"]
+    headers += [f"{EXTRA_LABELS[m]} (ours)" for m in EXTRA_METHODS]
     rows = []
     for r in records:
         shown = {} if r["params"] is None else shown_params(r["target"], r["params"])
@@ -109,9 +137,12 @@ def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
         line = [r["model"], r["symmetry"], label]
         for m in METHOD_ORDER:
             line += [r[f"{m}_paper"], r[f"{m}_ours"]]
+        line += [r[f"{m}_ours"] for m in EXTRA_METHODS]
         rows.append(line)
     caption = ("ESS after training, mean(std) over seeds (sample std, ddof=1). Paper: Table 1 of the SESaMo "
-               "paper, ten models each; n/a: canonicalization does not handle the continuous U(1) symmetry.")
+               "paper, ten models each; n/a: canonicalization does not handle the continuous U(1) symmetry. "
+               "Equivariant (an invariant prior through an equivariant flow) and VMONF (a mixture of 4 flows): "
+               "no numbers in the paper.")
     text = _table(headers, rows, fmt, title=None, width=200)
     if fmt == "latex":
         return f"\\begin{{table}}\n\\centering\n{text}\n\\caption{{{_latex_escape(caption)}}}\n\\end{{table}}"
