@@ -165,6 +165,20 @@ def test_weighted_breaking_ratio_against_the_exact_ratio_at_large_beta():
     assert ev.log_z_err_reliable and ev.ess_n > metrics.MIN_EFFECTIVE_SAMPLES
 
 
+def test_breaking_sign_is_the_targets_when_the_method_enforces_a_subgroup():
+    """The equivariant flow on the Hubbard model enforces only the exact global flip (z2); its R IS
+    must still count the target's z2 x z2 cells, whose breaking ratio is the exact reference."""
+    t = hubbard()
+    from sesamo_bench.core.architecture import FlowSpec
+    from sesamo_bench.core.methods import METHODS
+
+    model = METHODS["equivariant"]((2,), bound("z2", {}, (2,)), flow=FlowSpec("odd-realnvp", {"width": 8}))
+    assert model.symmetry.name == "z2" and t.symmetry()[0] == "z2xz2"
+    sign = breaking_sign_fn(None, model, t, torch.device("cpu"))
+    x = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [-1.0, 2.0], [1.0, -2.0]])
+    assert sign(x).tolist() == bound("z2xz2", t.symmetry()[1], (2,)).breaking_sign(x).tolist() == [1, 1, -1, -1]
+
+
 def test_weighted_breaking_ratio_of_exact_samples_is_the_counting_ratio():
     # q = p: unit weights, R-hat = mean sign and the delta-method error is the binomial one
     s = torch.tensor([1.0] * 70 + [-1.0] * 30)

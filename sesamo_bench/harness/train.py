@@ -300,11 +300,19 @@ def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16
 
 def breaking_sign_fn(cfg: RunConfig, model: Method, target: Target,
                      device: torch.device) -> Callable[[Tensor], Tensor | None] | None:
-    """The breaking sign of the run's symmetry (the target's for ``realnvp``), or ``None`` without one."""
+    """The breaking sign of the target's declared symmetry, whose breaking ratio is the exact
+    reference (also for ``realnvp``, and for ``equivariant``, which may enforce only a subgroup such
+    as the Hubbard model's global flip), or ``None`` without one."""
     sym = model.symmetry
-    if sym is None:
+    declared, params = target.symmetry()
+    if sym is None or sym.name != declared:
+        if sym is not None:  # the method enforces another group: the run's symmetry.* do not apply
+            params = dict(params)
+        elif cfg is not None and cfg.symmetry in (None, declared):
+            params = {**params, **cfg.symmetry_params}
         try:
-            sym = build_symmetry(cfg, target).to(device)
+            sym = plugins.symmetries.create(declared, params, table=f"symmetry '{declared}'").bind(target.shape)
+            sym = sym.to(device)
         except (ConfigError, IncompatibleError, TypeError, ValueError):
             return None
     if sym.breaking_sign(torch.zeros(1, *target.shape, device=device)) is None:

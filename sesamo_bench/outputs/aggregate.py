@@ -143,7 +143,7 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in runs:
         preset = (r.get("config") or {}).get("preset")
         key = (r.get("benchmark"), r["target"], r["method"], params_key(group_params(r)), preset,
-               flow_label(r.get("config")))
+               "-" if r["method"] == "hmc" else flow_label(r.get("config")))  # HMC has no flow
         groups.setdefault(key, []).append(r)
     out = []
     for (bench, target, method, _, preset, flow), rs in groups.items():
