@@ -125,6 +125,13 @@ def test_aggregate_keeps_runs_of_different_symmetry_parameters_apart():
     assert restricted["ess_mean"] == pytest.approx(0.5) and restricted["params"] == {"symmetry.permutations": False}
 
 
+def test_aggregate_keeps_hmc_with_and_without_global_moves_apart():
+    runs = [make_run(method="hmc", seed=0, ess=None), make_run(method="hmc", seed=0, ess=None)]
+    runs[1]["config"]["global_moves"] = True
+    plain, moves = sorted(aggregate(runs), key=lambda g: len(g["params"]))
+    assert plain["params"] == {} and moves["params"] == {"global_moves": True} and plain["flow"] == "-"
+
+
 def test_aggregate_ignores_nan_and_unfinished_values():
     runs = [make_run(seed=0, ess=float("nan")), make_run(seed=1, ess=0.8), make_run(seed=2, status="running", ess=0.1)]
     (g,) = aggregate(runs)

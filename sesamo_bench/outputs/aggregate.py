@@ -110,8 +110,12 @@ def flow_label(config: dict[str, Any] | None) -> str:
 def group_params(run: dict[str, Any]) -> dict[str, Any]:
     """The target parameters of a run, with its non-default symmetry parameters as ``symmetry.<key>``
     (runs that restrict the group differently are different experiments)."""
-    sym = (run.get("config") or {}).get("symmetry_params") or {}
-    return {**(run.get("params") or {}), **{f"symmetry.{k}": v for k, v in sym.items()}}
+    config = run.get("config") or {}
+    sym = config.get("symmetry_params") or {}
+    out = {**(run.get("params") or {}), **{f"symmetry.{k}": v for k, v in sym.items()}}
+    if run.get("method") == "hmc" and config.get("global_moves"):  # a different sampler
+        out["global_moves"] = True
+    return out
 
 
 def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
