@@ -64,7 +64,8 @@ def render_observables(rows: list[dict[str, Any]], fmt: str = "terminal") -> str
 
     table = [[r["run_id"][:8], r["target"], r["method"], r["estimator"], r["observable"],
               format_err(r["value"], r["error"]), num(r["exact"], ".6g"), num(r["pull"], "+.1f"),
-              num(r["tau_int"], ".2f"), ("inf" if r.get("rhat") == math.inf else num(r.get("rhat"), ".3f")), num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
+              num(r["tau_int"], ".2f"), "inf" if r.get("rhat") == math.inf else num(r.get("rhat"), ".3f"),
+              num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
     caption = ("estimate(error): error from the Gamma method (pyerrors); pull = (estimate - exact) / error; "
                "R-hat over the chains (HMC), above 1.1 the error is the spread of the chain means; "
                "cost s/eff = seconds (training amortised, sampling, burn-in) per effective sample, "
