@@ -112,3 +112,24 @@ def test_swept_key():
     assert swept_key([{"alpha": 0.0, "b": 1.0}, {"alpha": 0.1, "b": 2.0}]) == "alpha"
     assert swept_key([{"shape": [4, 4]}, {"shape": [8, 8]}]) is None
     assert swept_key([{}, {}]) is None
+
+
+def test_autocorrelation_of_an_ar1_chain_and_its_plot(tmp_path):
+    """rho(t) of an AR(1) chain is phi^t; ``plot --kind autocorr`` draws a measured HMC chain."""
+    from sesamo_bench import plugins
+    from sesamo_bench.harness.measure import autocorrelations, measure_hmc
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((40000, 2))  # two chains, step-major rows
+    for t in range(1, len(x)):
+        x[t] = 0.7 * x[t - 1] + rng.normal(size=2)
+    rho = autocorrelations({"x": x.reshape(-1)}, chains=2)["x"]
+    assert rho[0] == 1.0 and len(rho) == 101
+    assert np.allclose(rho[:6], 0.7 ** np.arange(6), atol=0.03)
+    m = measure_hmc(plugins.targets.create("hubbard", {}), samples=512, chains=4, burn_in=20, seed=1)
+    assert set(m.autocorr) >= {"x1x2", "abs_x", "quadrant[0]"}
+    run = make_run(tmp_path, "hubbard", "hmc", 0)
+    run["metrics"] = {"measurements": {"hmc": m.to_dict()}}
+    (path,) = make_plots([run], tmp_path / "p", kinds=["autocorr"])
+    assert path.name == f"autocorr_hubbard_{run['run_id'][:8]}.png"
+    assert_png(path)

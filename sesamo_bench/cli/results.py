@@ -57,8 +57,8 @@ def report_cmd(
 @app.command("plot")
 def plot_cmd(
     out: Path = typer.Option(Path("sesamo-plots"), "--out", help="folder for the PNG files"),
-    kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking | particles (repeatable) "
-                                                      "(default: all)"),
+    kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking | particles | autocorr "
+                                                      "(repeatable; default: all)"),
     target: Optional[str] = typer.Option(None, "--target"),
     method: Optional[str] = typer.Option(None, "--method"),
     benchmark: Optional[str] = typer.Option(None, "--benchmark"),

@@ -29,6 +29,30 @@ from ..analysis.observables import Estimate, from_chain, reweighted
 from ..core.target import Target
 
 KINDS = ("reweight", "nmcmc", "hmc")
+#: lags of the stored autocorrelation functions
+AUTOCORR_LAGS = 100
+
+
+def autocorrelations(values: dict[str, np.ndarray], chains: int = 1) -> dict[str, list[float]]:
+    """rho(t) = Gamma(t) / Gamma(0) of each scalar observable and of the components of vectors of at
+    most 8 (the Gaussian mixture's mode occupations; not correlators), rows in the order ``(T, chains)``."""
+    from ..analysis.autocorr import autocorrelation
+
+    flat = {}
+    for name, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 1:
+            flat[name] = v
+        elif v.ndim == 2 and v.shape[1] <= 8:
+            flat.update({f"{name}[{j}]": v[:, j] for j in range(v.shape[1])})
+    out = {}
+    for name, v in flat.items():
+        if len(v) < 4 * chains:
+            continue
+        g = autocorrelation(v.reshape(-1, chains).T, max_lag=min(AUTOCORR_LAGS, len(v) // chains // 2))
+        if g[0] > 0:
+            out[name] = [float(r) for r in g / g[0]]
+    return out
 
 
 @dataclass
@@ -43,6 +67,9 @@ class Measurement:
     acceptance: float | None = None
     cost: dict[str, float | None] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: normalised autocorrelation function rho(t), t = 0 .. :data:`AUTOCORR_LAGS`, of each scalar
+    #: primary observable of a chain (neural MCMC, HMC; pooled over the chains), for ``plot --kind autocorr``
+    autocorr: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -123,7 +150,8 @@ def measure_flow(model: Any, target: Target, *, samples: int, train_seconds: flo
         chain = from_chain({k: v[idx] for k, v in values.items()}, derived=derived, ensemble="nmcmc")
         seconds_mc = seconds + time.perf_counter() - t1
         out.append(Measurement("nmcmc", samples, seconds_mc, chain, exact, acc,
-                               _costs(chain, train_seconds * samples / amort + seconds_mc), settings))
+                               _costs(chain, train_seconds * samples / amort + seconds_mc), settings,
+                               autocorrelations({k: v[idx] for k, v in values.items()})))
     return out
 
 
@@ -170,7 +198,7 @@ def measure_hmc(target: Target, *, samples: int, chains: int = 16, global_moves:
                 "thin": thin, "eps": run.eps, "seed": seed, "mean_exp_minus_dh": run.mean_exp_minus_dh,
                 "global_acceptance": run.global_acceptance, "trajectories": run.trajectories}
     return Measurement("hmc", per * chains, seconds, est, target.exact_observables(), run.acceptance,
-                       _costs(est, seconds), settings)
+                       _costs(est, seconds), settings, autocorrelations(values, chains))
 
 
 def load_trained(record: dict[str, Any], *, device: str = "cpu") -> tuple[Target, Any]:

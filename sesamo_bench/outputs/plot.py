@@ -15,6 +15,9 @@ Kinds (paper figures):
         distances of each method's saved samples (first finished seed, unweighted) beside the
         target's reference samples, with the 2-Wasserstein distances in the legend.
         (``density`` skips particle targets.)
+    ``autocorr``: per run with chain measurements (``measure --mcmc``, ``hmc``), the normalised
+        autocorrelation functions rho(t) of its scalar observables, one panel per estimator, with
+        tau_int in the legend.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np  # noqa: E402
 from ..errors import UnknownNameError  # noqa: E402
 from .aggregate import METHOD_LABELS, _mean_std, method_rank, params_key, params_label, shown_params  # noqa: E402
 
-KINDS = ("density", "ess-time", "breaking", "particles")
+KINDS = ("density", "ess-time", "breaking", "particles", "autocorr")
 DPI = 120
 SWEEP_PREFERENCE = ("beta", "alpha", "b")
 COLORS = {"realnvp": "tab:blue", "canonicalization": "tab:green", "sesamo": "tab:orange"}
@@ -443,6 +446,31 @@ def _errorbar(ax: Any, xs: list[float], stats: list[tuple[float | None, float | 
         ax.errorbar(x, m, yerr=s, **kw)
 
 
+# -- autocorrelation ----------------------------------------------------------------------------------
+def _autocorr(run: dict[str, Any], out_dir: Path, *, most: int = 6) -> Path | None:
+    """rho(t) of up to ``most`` observables per chain estimator of one run."""
+    found = [(kind, m) for kind, m in ((run.get("metrics") or {}).get("measurements") or {}).items()
+             if m.get("autocorr")]
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(5.2 * len(found), 3.8), squeeze=False)
+    for ax, (kind, m) in zip(axes[0], found):
+        for name, rho in list(m["autocorr"].items())[:most]:
+            tau = (m.get("estimates") or {}).get(name, {}).get("tau_int")
+            label = name + (f" (tau_int {tau:.2f})" if _finite(tau) else "")
+            ax.plot(np.arange(len(rho)), rho, label=label)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        what = {"nmcmc": "neural MCMC", "hmc": "HMC" + (" + global moves" if (m.get("settings") or {}).get(
+            "global_moves") else "")}.get(kind, kind)
+        acc = m.get("acceptance")
+        ax.set_title(f"{run['target']} / {run['method']}: {what}" + (f", acceptance {acc:.3f}" if _finite(acc) else ""),
+                     fontsize=9)
+        ax.set_xlabel("lag t (recorded states)")
+        ax.set_ylabel("rho(t)")
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir / f"autocorr_{_slug(run['target'])}_{run['run_id'][:8]}.png")
+
+
 # -- entry point ------------------------------------------------------------------------------------
 def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str] | None = None) -> list[Path]:
     r"""Write the figures of the given runs as PNG files.
@@ -450,7 +478,8 @@ def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str
     Arguments:
         runs: run records (see the module docstring); all benchmarks are pooled per (target, params).
         out_dir: folder for the PNGs (created if missing).
-        kinds: a subset of ``density``, ``ess-time``, ``breaking``, ``particles``; ``None`` for all.
+        kinds: a subset of ``density``, ``ess-time``, ``breaking``, ``particles``, ``autocorr``; ``None``
+            for all.
 
     Returns:
         The written files, e.g. ``density_<target>_<params>.png``, ``ess-time_<target>_<params>.png``,
@@ -482,4 +511,6 @@ def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str
         for (target,), rs in sorted(_by(runs, "target").items()):
             if (p := _breaking(target, rs, out_dir)) is not None:
                 written.append(p)
+    if "autocorr" in kinds:
+        written += [p for r in runs if (p := _autocorr(r, out_dir)) is not None]
     return written
