@@ -61,7 +61,7 @@ def test_cli_rejects_unknown_architecture_in_one_line(tmp_path):
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
         "error: Unknown architecture 'conv'. Available: affine-realnvp, kernel-cnf, lattice-affine, lattice-odd, "
-        "lattice-spline, lattice-u1, odd-realnvp, realnvp, spline, u1-fourier, z2-fourier"]
+        "lattice-spline, lattice-u1, odd-realnvp, polar-zm, realnvp, spline, u1-fourier, z2-fourier"]
     assert not (tmp_path / "r.sqlite").exists()
 
 

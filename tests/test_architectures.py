@@ -28,7 +28,7 @@ from .helpers import bound, importance_integral, randomise
 
 ARCHS = plugins.architectures.names()
 #: small domains; each architecture is tested on those it accepts
-DOMAINS = [Domain((3,)), Domain((4, 2), lattice=2), Domain((4, 2, 2), lattice=2), Domain((2, 2, 2), lattice=2),
+DOMAINS = [Domain((3,)), Domain((2,)), Domain((4, 2), lattice=2), Domain((4, 2, 2), lattice=2), Domain((2, 2, 2), lattice=2),
            Domain((4,), lattice=1), Domain((6,), particles=(4, 2)), Domain((6,), particles=(3, 3))]
 
 
@@ -163,6 +163,8 @@ PROBLEMS = [
     ("vmonf", None, {}, (2, 2), 2),
     ("realnvp", None, {}, (6,), (4, 2)),
     ("equivariant", "particles", {}, (6,), (4, 2)),
+    ("equivariant", "zm", {"m": 8}, (2,), 0),
+    ("sesamo", "zm", {"m": 8}, (2,), 0),
 ]
 
 
@@ -194,6 +196,8 @@ def test_every_method_accepts_some_architecture_on_every_problem():
     assert ("sesamo", "u1", {}, (2, 2, 2), 2, "lattice-u1") in COMBOS
     assert ("sesamo", "z2", {"broken": True}, (2, 2), 2, "lattice-affine") in COMBOS
     assert ("equivariant", "particles", {}, (6,), (4, 2), "kernel-cnf") in COMBOS
+    assert ("equivariant", "zm", {"m": 8}, (2,), 0, "polar-zm") in COMBOS
+    assert ("sesamo", "zm", {"m": 8}, (2,), 0, "polar-zm") in COMBOS
 
 
 @pytest.mark.parametrize("method,sym_name,params,shape,lattice,arch", COMBOS,

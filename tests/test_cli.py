@@ -77,6 +77,9 @@ def test_run_json_contract_show_and_report(tmp_path):
         assert rep.exit_code == 0, rep.stderr
         assert "sesamo" in rep.stdout
     assert invoke("report", "--store", store, "--format", "xml").exit_code == 2
+    t1 = invoke("report", "--store", store, "--table1", "--format", "json")
+    assert t1.exit_code == 0, t1.stderr
+    assert len(json.loads(t1.stdout)) == 4  # the paper's four rows, ours where the store has them
     if importlib.util.find_spec("sesamo_bench.outputs.plot") is not None:
         plotted = invoke("plot", "--store", store, "--out", tmp_path / "plots", "--kind", "density")
         assert plotted.exit_code == 0, plotted.stderr

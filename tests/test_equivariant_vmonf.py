@@ -74,8 +74,8 @@ def _model(arch, group, params, shape, lattice, seed=0, scale=0.3):
 
 
 def test_equivariant_architectures_are_registered():
-    assert {("odd-realnvp", "z2"), ("lattice-odd", "z2"), ("lattice-u1", "u1"), ("kernel-cnf", "particles")} <= {
-        (a, g) for a, g, *_ in PAIRS}
+    assert {("odd-realnvp", "z2"), ("lattice-odd", "z2"), ("lattice-u1", "u1"), ("kernel-cnf", "particles"),
+            ("polar-zm", "zm")} <= {(a, g) for a, g, *_ in PAIRS}
 
 
 @pytest.mark.parametrize("arch,group,params,shape,lattice", PAIRS, ids=IDS)
@@ -178,10 +178,15 @@ def test_method_selection_and_errors(tmp_path, monkeypatch):
     runs, notes = grid.plan(grid.GridRequest(target="dw4", methods=None, seeds=[0], preset="smoke"))
     assert ("equivariant", "kernel-cnf") in {(r.config.method, r.config.flow) for r in runs}
     assert any("skipping canonicalization" in n for n in notes)
+    # the Gaussian mixture: Z_8 with the polar flow, its order taken from the symmetry
+    cfg = resolve("gaussian-mixture", "equivariant", preset="smoke", overrides={"n": 5})
+    _, model, _, _ = build(cfg)
+    assert cfg.flow == "polar-zm" and model.flow.inner.order == 5
+    assert model.info() == {"enforced_symmetry": "zm", "target_respects_it": True}
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["run", "--target", "gaussian-mixture", "--methods", "equivariant",
-                                   "--preset", "smoke"])
-    assert res.exit_code == 2 and "no registered architecture is zm-equivariant" in res.output
+                                   "--preset", "smoke", "--set", "flow.order=6"])
+    assert res.exit_code == 2 and "order=6 does not commute with the rotations by 2 pi/8" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "sesamo-runs").exists()
     res = CliRunner().invoke(app, ["run", "--target", "hubbard", "--methods", "equivariant", "--preset", "smoke",
                                    "--set", "flow=realnvp"])

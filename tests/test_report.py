@@ -230,7 +230,7 @@ def test_render_table1_beside_ours():
     def cells(line):
         return [c.strip() for c in line.strip(" |").split("|")]
     assert cells(lines[0])[-2:] == ["Equivariant (ours)", "VMONF (ours)"]
-    assert cells(gmm)[-2:] == ["n/a: no zm-equivariant flow", "-"]  # until a zm-equivariant architecture exists
+    assert cells(gmm)[-2:] == ["-", "-"]  # polar-zm makes the equivariant flow apply; no runs given
     runs += [make_run("hubbard", "vmonf", s, params={"beta": 2.0}, ess=0.9 + 0.02 * s, benchmark="hub")
              for s in range(2)]
     hub = next(line for line in render_table1(runs).splitlines() if "Hubbard" in line)
@@ -240,6 +240,34 @@ def test_render_table1_beside_ours():
     assert len(data) == 4 and data[0]["realnvp_paper_mean"] == 0.75
     assert r"\toprule" in render_table1(runs, fmt="latex")
     assert len(list(csv.DictReader(io.StringIO(render_table1([], fmt="csv"))))) == 4
+
+
+def test_render_table1_names_architectures_and_skips_hmc_and_unfinished():
+    runs = sample_runs()
+    for s in range(2):  # SESaMo on Hubbard with a second architecture, one seed less than the MLP's
+        r = make_run("hubbard", "sesamo", s, ess=0.5 + 0.1 * s, preset="quick")
+        r["config"]["flow"] = "lattice-affine"
+        runs.append(r)
+    runs += [make_run("hubbard", "sesamo", s, ess=0.98 + 0.01 * s, preset="quick") for s in range(3)]
+    runs += [make_run("hubbard", "hmc", 0, ess=None, preset="quick"),
+             make_run("hubbard", "vmonf", 0, status="running", ess=None, preset="quick")]
+    data = [r for r in json.loads(render_table1(runs, fmt="json")) if r["row"].startswith("hubbard")
+            and r["preset"] == "quick"]
+    assert len(data) == 1  # hmc is no Table 1 method: no row of its own
+    assert data[0]["sesamo_ours"] == "0.990(10); 0.55(7) [lattice-affine]"
+    assert data[0]["sesamo_seeds"] == 3 and data[0]["sesamo_flow"] == "realnvp"
+    assert data[0]["vmonf_ours"] == "-" and data[0]["vmonf_seeds"] == 0  # a running run is no result
+    line = next(x for x in render_table1(runs, fmt="terminal").splitlines() if "[quick]" in x and "Hubbard" in x)
+    assert "[lattice-affine]" in line  # printed as text, not taken for rich markup
+
+
+def test_render_table1_says_why_equivariant_cannot_apply(monkeypatch):
+    """A target whose symmetry has no equivariant architecture registered: the cell gives the reason."""
+    from sesamo_bench.core import equivariant
+
+    monkeypatch.setattr(equivariant, "architectures_for", lambda group, target=None: [])
+    gmm = next(line for line in render_table1(sample_runs()).splitlines() if "Gaussian mixture" in line)
+    assert [c.strip() for c in gmm.strip(" |").split("|")][-2] == "n/a: no zm-equivariant flow"
 
 
 def test_shown_params_drops_defaults_keeps_swept_values():

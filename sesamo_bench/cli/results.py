@@ -31,6 +31,7 @@ def report_cmd(
     store: Optional[Path] = typer.Option(None, "--store"),
     observables: Optional[str] = typer.Option(None, "--observables", help="the measured observables instead "
                                               "('all' or a comma list; see `measure` and `hmc`)"),
+    table1: bool = typer.Option(False, "--table1", help="the paper's Table 1 with our ESS beside it"),
 ) -> None:
     """Tables of every run in the store (ESS, ln Z, breaking ratio; counts of diverged/failed runs)."""
     from ..harness.store import open_existing
@@ -47,6 +48,11 @@ def report_cmd(
             raise ConfigError("no measured observables in the store (run `sesamo-bench measure RUN` or "
                               "`sesamo-bench hmc --target T` first; nothing matched the selection)")
         typer.echo(render_observables(rows, fmt))
+        return
+    if table1:
+        from ..outputs.paper import render_table1
+
+        typer.echo(render_table1(runs, fmt=fmt))  # the paper's rows also without runs of ours
         return
     if not runs:
         typer.echo("no runs match", err=True)

@@ -137,6 +137,13 @@ class Architecture(nn.Module):
             return f"acts on {' or '.join(cls.domains)} domains, not on {domain.describe()}"
         return None
 
+    @classmethod
+    def fit_symmetry(cls, params: dict[str, Any], symmetry: Any) -> dict[str, Any]:
+        """The constructor parameters (checked, coerced) for a method that relies on the flow commuting
+        with ``symmetry`` (one of ``equivariance``): e.g. a group order filled from the symmetry;
+        :class:`IncompatibleError` if the given ones do not commute with it. Default: unchanged."""
+        return params
+
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputOutsideDomain` unless ``x`` is ``(N, D)``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -210,12 +217,17 @@ class FlowSpec:
     def cls(self) -> type[Architecture]:
         return registry().get(self.name)
 
-    def build(self, domain: Domain, *, what: str = "") -> Architecture:
-        """The flow on ``domain``; :class:`IncompatibleError` if the architecture does not fit."""
+    def build(self, domain: Domain, *, what: str = "", symmetry: Any = None) -> Architecture:
+        """The flow on ``domain``; :class:`IncompatibleError` if the architecture does not fit.
+
+        ``symmetry``: the bound symmetry a method relies on the flow to commute with (its parameters,
+        such as a group order, then come from it: :meth:`Architecture.fit_symmetry`)."""
         reason = self.cls.accepts(domain)
         if reason is not None:
             raise IncompatibleError(f"architecture '{self.name}' {reason}" + (f" ({what})" if what else ""))
         params = check_params(self.name, self.params)
+        if symmetry is not None and symmetry.name in self.cls.equivariance:
+            params = self.cls.fit_symmetry(params, symmetry)
         if "kernels" in inspect.signature(self.cls.__init__).parameters:
             params["kernels"] = self.kernels
         try:

@@ -5,8 +5,9 @@ commutes with them, g(T_h z) = T_h g(z), then q(x) = q_0(g^{-1} x) |det d g^{-1}
 invariant: q(T_h x) = q(x) (their Theorem 1; SESaMo paper Sec. 2.3). No canonical cell, no
 penalty, no modulation: the symmetry is in the architecture. The flow is an architecture plugin
 that declares the group in its ``equivariance`` (``odd-realnvp`` and ``lattice-odd`` for the sign
-flip z2, ``lattice-u1`` for U(1)); the Gaussian prior with mean 0 is invariant under every
-orthogonal action.
+flip z2, ``lattice-u1`` for U(1), ``kernel-cnf`` for particles, ``polar-zm`` for the rotations Z_M
+of a 2-vector, its order M taken from the symmetry's ``m``); the Gaussian prior with mean 0 is
+invariant under every orthogonal action.
 
 Which group. The method enforces the target's largest exact symmetry for which an equivariant
 architecture is registered (the Hubbard model: its exact global flip, so the broken single flip
@@ -50,7 +51,7 @@ class Equivariant(NaiveRealNVP):
     name = "equivariant"
     needs_symmetry = True
     description = ("invariant prior through a G-equivariant flow (Koehler et al. 2020); no cell; z2 (odd "
-                   "networks) and u1 (lattice-u1); zm has no equivariant architecture here")
+                   "networks), u1 (lattice-u1, u1-fourier), particles (kernel-cnf), zm on R^2 (polar-zm)")
     chooses_flow = True
 
     @classmethod
@@ -86,6 +87,7 @@ class Equivariant(NaiveRealNVP):
                                     f"not of the subset {symmetry.flip}")
         if kw.get("prior_mean", 0.0) != 0.0:
             raise IncompatibleError("equivariant needs an invariant prior: prior_mean must be 0")
+        self.equivariant = True  # the flow takes its group parameters from the symmetry (Method)
         super().__init__(shape, symmetry, **kw)
 
     def info(self) -> dict[str, Any]:

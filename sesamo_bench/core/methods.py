@@ -139,7 +139,11 @@ class Method(nn.Module):
         domain = self.flow_domain(spec)
         self.prior = GaussianPrior(domain.dim, mean=prior_mean, var=prior_var)
         what = f"method '{self.name}'" + (f" with symmetry '{symmetry.name}'" if symmetry is not None else "")
-        self.flow = Standardized(spec.build(domain, what=what), mean=prior_mean, std=prior_var**0.5)
+        # a method that relies on the flow's equivariance (``self.equivariant``) lets the flow take
+        # what it needs from the symmetry (Architecture.fit_symmetry: e.g. the order of Z_M)
+        relied_on = symmetry if getattr(self, "equivariant", False) else None
+        self.flow = Standardized(spec.build(domain, what=what, symmetry=relied_on), mean=prior_mean,
+                                 std=prior_var**0.5)
 
     def flow_domain(self, spec: FlowSpec) -> Domain:
         """The domain the flow acts on: the target's field (lattice or particle structure kept) by

@@ -246,9 +246,9 @@ def resolve(target: str, method: str, *, seed: int = 0, preset: str = "quick",
     # an architecture chosen by the user drops the preset's parameters of another architecture
     if "flow" in {**hyper, **h2} and {**hyper, **h2}["flow"] != values.get("flow", DEFAULT_FLOW):
         preset_flow = {}
+    user_flow = {**hyper.pop("flow_params", {}), **h2.pop("flow_params", {})}
     flow_params.update(preset_flow)
-    flow_params.update(hyper.pop("flow_params", {}))
-    flow_params.update(h2.pop("flow_params", {}))
+    flow_params.update(user_flow)
     values.update(hyper)
     values.update(h2)
     tparams.update(t2)
@@ -257,11 +257,12 @@ def resolve(target: str, method: str, *, seed: int = 0, preset: str = "quick",
     mcls = method_class(method)
     if mcls.chooses_flow and "flow" not in {**hyper, **h2}:
         # a method that needs a particular kind of flow (an equivariant one) picks it unless the
-        # user named one; the preset's parameters of another architecture do not apply to it
+        # user named one; the preset's parameters of another architecture do not apply to it, the
+        # user's flow.<key> do (checked against the chosen architecture's schema)
         current = values.get("flow", DEFAULT_FLOW)
         chosen = mcls.default_flow(plugins.targets.create(target, tparams, table=f"target '{target}'"), current)
         if chosen != current:
-            values["flow"], values["flow_params"] = chosen, {}
+            values["flow"], values["flow_params"] = chosen, user_flow
     _resolve_flow(values, where="--set")
     return RunConfig(target=target, method=method, seed=seed, preset=preset, target_params=tparams,
                      symmetry_params=sparams, **values)

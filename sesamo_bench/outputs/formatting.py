@@ -88,14 +88,15 @@ def _table(headers: list[str], rows: list[list[str]], fmt: str, *, title: str | 
         from rich import box
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         t = Table(*headers, title=title, box=box.SIMPLE_HEAD, title_justify="left")
         for i, h in enumerate(headers):
             if h in ("seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "energy W2", "dist W2",
                      "wall s"):
                 t.columns[i].justify = "right"
-        for row in rows:
-            t.add_row(*row)
+        for row in rows:  # cells are text, not rich markup ("[quick]", "[u1-fourier]" must print)
+            t.add_row(*(Text(str(c)) for c in row))
         # the table takes the width it needs (never squeezed or truncated); only the caption wraps at width
         console = Console(file=io.StringIO(), width=max(width, 400), color_system=None, force_terminal=False)
         console.print(t)

@@ -70,6 +70,20 @@ def _not_applicable(method: str, target: str, params: dict[str, Any]) -> str | N
 def _matches(params: dict[str, Any], want: dict[str, Any], defaults: dict[str, Any]) -> bool:
     return all(_same(params.get(k, defaults.get(k)), v) for k, v in want.items())
 
+def _ours(rec: dict[str, Any], method: str, groups: list[dict[str, Any]], empty: str) -> None:
+    """Our numbers for ``method`` in a Table 1 record: the group with the most seeds in the numeric
+    fields (``_ess_mean``, ``_ess_std``, ``_seeds``, ``_flow``), every architecture in the cell, its flow
+    named where it is not the default MLP RealNVP (``0.347(2) [u1-fourier]; 0.0008(6)``)."""
+    g = groups[0] if groups else None
+    rec[f"{method}_ess_mean"] = g and g["ess_mean"]
+    rec[f"{method}_ess_std"] = g and g["ess_std"]
+    rec[f"{method}_seeds"] = g["n_finished"] if g else 0
+    rec[f"{method}_flow"] = g and g["flow"]
+    cells = [format_err(x["ess_mean"], x["ess_std"]) + ("" if x["flow"] in ("realnvp", "") else f" [{x['flow']}]")
+             for x in groups]
+    rec[f"{method}_ours"] = "; ".join(cells) if cells else empty
+
+
 def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
     r"""Our ESS beside the paper's Table 1, one line per paper row and matching run group.
 
@@ -87,30 +101,28 @@ def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
     records = []
     for key, row in table.items():
         defaults = _target_defaults(row["target"])
-        mine = [g for g in groups if g["target"] == row["target"] and _matches(g["params"], row["params"], defaults)]
+        mine = [g for g in groups if g["target"] == row["target"] and g["method"] in (*METHOD_ORDER, *EXTRA_METHODS)
+                and g["n_finished"] and _matches(g["params"], row["params"], defaults)]
         variants: dict[tuple, dict[str, dict]] = {}
-        for g in mine:
-            variants.setdefault((g["benchmark"], params_key(g["params"]), g["preset"]), {})[g["method"]] = g
+        for g in mine:  # several architectures of one method: the most seeds first
+            variants.setdefault((g["benchmark"], params_key(g["params"]), g["preset"]), {}).setdefault(
+                g["method"], []).append(g)
+        for by_method in variants.values():
+            for gs in by_method.values():
+                gs.sort(key=lambda g: -g["n_finished"])
         for vkey, by_method in (variants.items() or [((None, None, None), {})]):
             rec: dict[str, Any] = {"row": key, "model": row["model"], "symmetry": row["symmetry"],
                                    "target": row["target"], "benchmark": vkey[0], "preset": vkey[2],
                                    "params": json.loads(vkey[1]) if vkey[1] else None}
             for m in METHOD_ORDER:
-                p, g = row["ess"][m], by_method.get(m)
+                p = row["ess"][m]
                 rec[f"{m}_paper_mean"] = p and p["mean"]
                 rec[f"{m}_paper_std"] = p and p["std"]
                 rec[f"{m}_paper"] = p["text"] if p else "n/a"
-                rec[f"{m}_ess_mean"] = g and g["ess_mean"]
-                rec[f"{m}_ess_std"] = g and g["ess_std"]
-                rec[f"{m}_seeds"] = g["n_finished"] if g else 0
-                rec[f"{m}_ours"] = format_err(g["ess_mean"], g["ess_std"]) if g else "-"
+                _ours(rec, m, by_method.get(m, []), "-")
             for m in EXTRA_METHODS:
-                g = by_method.get(m)
-                rec[f"{m}_ess_mean"] = g and g["ess_mean"]
-                rec[f"{m}_ess_std"] = g and g["ess_std"]
-                rec[f"{m}_seeds"] = g["n_finished"] if g else 0
-                rec[f"{m}_ours"] = (format_err(g["ess_mean"], g["ess_std"]) if g else
-                                    _not_applicable(m, row["target"], row["params"]) or "-")
+                gs = by_method.get(m, [])
+                _ours(rec, m, gs, "-" if gs else _not_applicable(m, row["target"], row["params"]) or "-")
             records.append(rec)
     if fmt == "json":
         return json.dumps(records, indent=2)
@@ -142,7 +154,8 @@ def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
     caption = ("ESS after training, mean(std) over seeds (sample std, ddof=1). Paper: Table 1 of the SESaMo "
                "paper, ten models each; n/a: canonicalization does not handle the continuous U(1) symmetry. "
                "Equivariant (an invariant prior through an equivariant flow) and VMONF (a mixture of 4 flows): "
-               "no numbers in the paper.")
+               "no numbers in the paper. [name]: the flow architecture where it is not the MLP RealNVP; "
+               "several architectures of one method are separated by ';'.")
     text = _table(headers, rows, fmt, title=None, width=200)
     if fmt == "latex":
         return f"\\begin{{table}}\n\\centering\n{text}\n\\caption{{{_latex_escape(caption)}}}\n\\end{{table}}"
