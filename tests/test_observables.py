@@ -185,3 +185,23 @@ def test_unmixed_chains_get_the_error_of_their_means():
     mixed = np.random.default_rng(3).normal(size=(500, 16))
     ok = from_chain({"x": mixed.reshape(-1)}, chains=16)["x"]
     assert ok.rhat < 1.01 and ok.error == pytest.approx(1 / math.sqrt(8000), rel=0.15)
+
+
+def test_particle_global_move_is_an_exact_reproducible_symmetry(tmp_path, monkeypatch):
+    """The particles' elements are (permutation, rotation) pairs, not angles: the global move draws
+    them from the group, leaves the DW-4 energy unchanged (an exact symmetry: always accepted), moves
+    the configuration, and repeats with the generator's seed; `hmc --global-moves` runs on DW-4."""
+    from sesamo_bench.harness.measure import global_moves_for
+
+    target = plugins.targets.create("dw4", {})
+    (move,) = global_moves_for(target)
+    x = 2.0 * torch.randn(64, *target.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = move(x, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(target.action(y), target.action(x), atol=1e-9, rtol=1e-9)
+    assert (y - x).abs().amax(1).min() > 1e-3  # every configuration moved
+    torch.testing.assert_close(move(x, torch.Generator().manual_seed(7)), y, atol=0, rtol=0)
+    monkeypatch.chdir(tmp_path)
+    res = _invoke("hmc", "--target", "dw4", "--samples", "64", "--chains", "4", "--burn-in", "20",
+                  "--global-moves", "--json")
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert {r["observable"] for r in json.loads(res.stdout)} >= {"energy", "pair_distance"}

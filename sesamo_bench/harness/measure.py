@@ -166,11 +166,19 @@ def global_moves_for(target: Target) -> list[Any]:
     name, params = target.symmetry()
     sym = plugins.symmetries.create(name, params).bind(target.shape)
 
+    angles = sym.identity(1, torch.zeros(1, dtype=torch.float64)).dim() == 1  # a finite index or an angle
+
     def move(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if sym.finite:
             u = torch.randint(sym.order, (x.shape[0],), generator=gen, device=x.device)
-        else:
+        elif angles:
             u = 2 * math.pi * torch.rand(x.shape[0], generator=gen, dtype=x.dtype, device=x.device)
+        else:  # another encoding (the particles' permutation and rotation): the group's own uniform
+            # draw, from the global RNG forked and seeded from ``gen`` so that the chain stays reproducible
+            seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                u = sym.random_elements(x.shape[0], like=x)
         return sym.act(x, u)
 
     return [move]
