@@ -182,6 +182,8 @@ def test_unmixed_chains_get_the_error_of_their_means():
     assert est.value == pytest.approx(0.25) and est.rhat == float("inf") > RHAT_MAX
     means = stuck.mean(0)
     assert est.error == pytest.approx(means.std(ddof=1) / 4) and est.error > 0.1
+    # the tau_int that error implies, error^2 = 2 tau Var / N: far beyond the within-chain 0.5
+    assert est.tau_int == pytest.approx(stuck.size * est.error**2 / (2 * stuck.var())) and est.tau_int > 100
     mixed = np.random.default_rng(3).normal(size=(500, 16))
     ok = from_chain({"x": mixed.reshape(-1)}, chains=16)["x"]
     assert ok.rhat < 1.01 and ok.error == pytest.approx(1 / math.sqrt(8000), rel=0.15)

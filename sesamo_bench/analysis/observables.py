@@ -224,7 +224,10 @@ def rhat(chains: np.ndarray) -> float:
 
 
 def _between_chains(est: Estimate, chains: np.ndarray) -> None:
-    """Record R-hat; where the chains have not mixed, take the error from the spread of their means."""
+    """Record R-hat; where the chains have not mixed, take the error from the spread of their means,
+    and the n_eff and tau_int that error implies (error^2 = 2 tau_int Var / N): within each chain
+    the Gamma method may see fast decorrelation (tau_int 0.5 for chains stuck in one vacuum each),
+    which says nothing about how long the chains take to reach each other."""
     est.rhat = rhat(chains)
     if est.rhat > RHAT_MAX:
         between = float(chains.mean(axis=1).std(ddof=1) / math.sqrt(chains.shape[0]))
@@ -232,6 +235,8 @@ def _between_chains(est: Estimate, chains: np.ndarray) -> None:
             var = float(np.var(chains))
             est.error = between
             est.n_eff = var / between**2 if between > 0 else None
+            if var > 0:
+                est.tau_int = chains.size * between**2 / (2 * var)
 
 
 def cost_per_effective_sample(est: Estimate, seconds: float) -> float | None:

@@ -67,7 +67,8 @@ def render_observables(rows: list[dict[str, Any]], fmt: str = "terminal") -> str
               num(r["tau_int"], ".2f"), "inf" if r.get("rhat") == math.inf else num(r.get("rhat"), ".3f"),
               num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
     caption = ("estimate(error): error from the Gamma method (pyerrors); pull = (estimate - exact) / error; "
-               "R-hat over the chains (HMC), above 1.1 the error is the spread of the chain means; "
+               "R-hat over the chains (HMC), above 1.1 the error is the spread of the chain means (and tau_int "
+               "the one it implies); "
                "cost s/eff = seconds (training amortised, sampling, burn-in) per effective sample, "
                "Var(O) / error^2")
     return _table(OBS_HEADERS, table, fmt, title=None, width=200) + ("\n\n" + caption if fmt == "terminal" else "")
