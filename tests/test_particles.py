@@ -154,6 +154,25 @@ def test_short_hmc_reference_agrees_with_the_shipped_samples():
     assert abs(rep["virial"]["mean"] - 6) < 5 * rep["virial"]["err"] + 0.2
 
 
+def test_lj13_hmc_starts_from_relaxed_clouds_and_reaches_the_shipped_energy():
+    """A random cloud of 13 particles has overlapping pairs (E up to ~1e10 and more); the chains
+    start from it relaxed (no overlaps, E < 0), and a short HMC then agrees with the shipped LJ-13
+    samples (an independent reference) and with the virial identity, 36 = (n - 1) D."""
+    from sesamo_bench.analysis.particle_reference import mcmc_check
+
+    target = plugins.targets.create("lj13")
+    gen = torch.Generator().manual_seed(0)
+    cloud = torch.randn(16, 13, 3, dtype=torch.float64, generator=gen)
+    assert float(target.energy(cloud).max()) > 1e6  # what the chains would otherwise start from
+    x0 = target.initial_positions(16, generator=torch.Generator().manual_seed(0))
+    assert float(target.energy(x0).max()) < 0 and float(torch.cdist(x0, x0).add(torch.eye(13) * 9).min()) > 0.8
+    rep = mcmc_check(target, chains=16, samples=60, burn_in=150, seed=1)
+    e, ref = rep["energy"], rep["reference"]
+    assert rep["acceptance"] > 0.5 and rep["eps"] > 0.005
+    assert abs(e["mean"] - ref["energy_mean"]) < 5 * math.hypot(e["err"], 3 * ref["energy_err_iid"]) + 0.3
+    assert abs(rep["virial"]["mean"] - 36) < 5 * rep["virial"]["err"] + 0.5
+
+
 # --- the particles symmetry -----------------------------------------------------------------
 @pytest.mark.parametrize("n,d", [(3, 2), (4, 2), (4, 3), (5, 3)])
 def test_action_is_helmert_permutation_then_rotation(n, d):

@@ -177,3 +177,27 @@ def safe_distances(x: Tensor, *, floor: float = 0.0) -> Tensor:
     sq = (x[:, i] - x[:, j]).pow(2).sum(-1)
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     return sq.clamp_min(max(floor * floor, tiny)).sqrt()
+
+
+def relaxed(energy, x: Tensor, *, steps: int = 500, lr: float = 0.01, max_step: float = 0.05) -> Tensor:
+    r"""``x`` ``(N, n, d)`` after ``steps`` of gradient descent on ``energy`` with every particle's
+    displacement per step clipped to ``max_step``: starting points for MCMC on a singular energy
+    (Lennard-Jones), where a random cloud has overlapping pairs (E ~ 1e10 and more) and HMC's step
+    size would be tuned to the overlaps and never grow. Each configuration relaxes to a nearby
+    local minimum; the chains' burn-in then heats them to the target's temperature.
+
+    Example:
+        >>> x = torch.tensor([[[0.0, 0.0], [0.1, 0.0]]], dtype=torch.float64)
+        >>> lj = lambda x: ((x[:, 0] - x[:, 1]).norm(dim=-1) ** -12 - 2 * (x[:, 0] - x[:, 1]).norm(dim=-1) ** -6)
+        >>> round(float((lambda y: (y[:, 0] - y[:, 1]).norm(dim=-1))(relaxed(lj, x))), 3)  # r_m = 1
+        1.0
+    """
+    x = x.detach()
+    for _ in range(steps):
+        x = x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(energy(x).sum(), x)
+        step = -lr * grad
+        norm = step.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        x = (x + step * torch.clamp(max_step / norm, max=1.0)).detach()
+    return x
+

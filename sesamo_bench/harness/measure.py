@@ -194,7 +194,10 @@ def measure_hmc(target: Target, *, samples: int, chains: int = 16, global_moves:
     moves = global_moves_for(target) if global_moves else []
     gen = torch.Generator().manual_seed(seed)
     per = -(-samples // chains)
-    x0 = torch.randn(chains, *target.shape, generator=gen, dtype=torch.float64)
+    if hasattr(target, "initial_positions"):  # particles: the target's own starting clouds (LJ-13: relaxed)
+        x0 = target.reduced(target.initial_positions(chains, generator=gen))
+    else:
+        x0 = torch.randn(chains, *target.shape, generator=gen, dtype=torch.float64)
     t0 = time.perf_counter()
     sampler = HMC(target.action, n_leapfrog=n_leapfrog, global_moves=moves)
     run = sampler.run(x0, n_samples=per, burn_in=burn_in, thin=thin, generator=gen)
