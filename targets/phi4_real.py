@@ -78,7 +78,8 @@ class Phi4Real(Target):
                   "hidden_layers": 2, "width": 100, "lr_breaking": 1e-2, "eval_every": 250, "eval_samples": 4096,
                   "final_samples": 32768, "checkpoint_every": 1000,
                   # the odd MLP of the same size as the other methods' flows: lattice-odd's convolutions
-                  # cost ~15x more per step on a CPU (docs/results.md, "Architectures")
+                  # cost 22x more per step on a CPU and were no better at equal time; neither converges
+                  # here (docs/results.md, "Equivariant flows and VMONF")
                   "methods": {"equivariant": {"flow": "odd-realnvp"}}},
         "paper": {"steps": 100000, "batch_size": 8192, "lr": 5e-4, "couplings": 6, "hidden_layers": 4,
                   "width": 100, "eval_every": 500, "eval_samples": 8192, "final_samples": 262144,

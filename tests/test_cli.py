@@ -132,13 +132,13 @@ def test_benchmark_from_file(tmp_path):
 
 
 def test_workers_equal_sequential(tmp_path):
-    """A 4 methods x 2 seeds grid in two worker processes gives the numbers of a sequential run
-    (``all`` on the mixture: realnvp, canonicalization, sesamo, vmonf; no Z8-equivariant flow)."""
+    """A 5 methods x 2 seeds grid in two worker processes gives the numbers of a sequential run
+    (``all`` on the mixture: realnvp, canonicalization, sesamo, equivariant with polar-zm, vmonf)."""
     args = ["--target", "gaussian-mixture", "--methods", "all", "--seeds", "0,1"]
     seq = run_json(tmp_path / "seq" / "r.sqlite", *args, "--workers", "1")
     par = run_json(tmp_path / "par" / "r.sqlite", *args, "--workers", "2")
-    assert len(seq) == len(par) == 8
-    assert {r["method"] for r in seq} == {"realnvp", "canonicalization", "sesamo", "vmonf"}
+    assert len(seq) == len(par) == 10
+    assert {r["method"] for r in seq} == {"realnvp", "canonicalization", "sesamo", "equivariant", "vmonf"}
     for a, b in zip(seq, par):
         assert (a["run_id"], a["status"]) == (b["run_id"], "finished")
         for key in ("ess", "log_z", "log_z_err", "steps"):

@@ -207,3 +207,18 @@ def test_particle_global_move_is_an_exact_reproducible_symmetry(tmp_path, monkey
                   "--global-moves", "--json")
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert {r["observable"] for r in json.loads(res.stdout)} >= {"energy", "pair_distance"}
+
+
+def test_observable_table_flags_estimates_with_few_effective_samples():
+    """n_eff = Var(O) / error^2 below 100: the table marks the estimate (an LJ-13 flow with ESS x N
+    ~ 1 reweights to E = -57.1(5) against HMC's -43.02(21); the error alone does not warn)."""
+    from sesamo_bench.outputs.observables import render_observables
+
+    base = {"target": "lj13", "method": "realnvp", "estimator": "reweight", "acceptance": None, "exact": None,
+            "pull": None, "tau_int": 0.5, "rhat": None, "cost_s": 0.4}
+    rows = [{**base, "run_id": "aaaaaaaa", "observable": "energy", "value": -57.1, "error": 0.5, "n_eff": 32.4},
+            {**base, "run_id": "bbbbbbbb", "observable": "energy", "value": -43.02, "error": 0.21, "n_eff": 1059.0}]
+    lines = render_observables(rows, "markdown").splitlines()
+    assert "-57.1(5)*" in next(x for x in lines if "aaaaaaaa" in x)
+    assert "-43.02(21)" in next(x for x in lines if "bbbbbbbb" in x) and "*" not in next(x for x in lines if "bbbbbbbb" in x)
+    assert "fewer than 100 effective samples" in render_observables(rows, "terminal")

@@ -62,13 +62,21 @@ def render_observables(rows: list[dict[str, Any]], fmt: str = "terminal") -> str
     def num(v: float | None, spec: str) -> str:
         return "-" if v is None or not math.isfinite(v) else format(v, spec)
 
+    from ..core.metrics import MIN_EFFECTIVE_SAMPLES
+
+    def estimate(r: dict[str, Any]) -> str:  # '*': too few effective samples for the error to mean much
+        few = r.get("n_eff") is not None and r["n_eff"] < MIN_EFFECTIVE_SAMPLES
+        return format_err(r["value"], r["error"]) + ("*" if few else "")
+
     table = [[r["run_id"][:8], r["target"], r["method"], r["estimator"], r["observable"],
-              format_err(r["value"], r["error"]), num(r["exact"], ".6g"), num(r["pull"], "+.1f"),
+              estimate(r), num(r["exact"], ".6g"), num(r["pull"], "+.1f"),
               num(r["tau_int"], ".2f"), "inf" if r.get("rhat") == math.inf else num(r.get("rhat"), ".3f"),
               num(r["acceptance"], ".3f"), num(r["cost_s"], ".2e")] for r in rows]
     caption = ("estimate(error): error from the Gamma method (pyerrors); pull = (estimate - exact) / error; "
                "R-hat over the chains (HMC), above 1.1 the error is the spread of the chain means (and tau_int "
                "the one it implies); "
                "cost s/eff = seconds (training amortised, sampling, burn-in) per effective sample, "
-               "Var(O) / error^2")
+               "Var(O) / error^2; * after the estimate: fewer than 100 effective samples (Var(O) / error^2), "
+               "the error itself is unreliable and the estimate may be far off (a flow that misses most of "
+               "the target)")
     return _table(OBS_HEADERS, table, fmt, title=None, width=200) + ("\n\n" + caption if fmt == "terminal" else "")
