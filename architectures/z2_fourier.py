@@ -15,8 +15,9 @@ x -> -x; the volume element of a_0 = e^{rho} is e^{rho} d rho, so
 
 A fresh flow is the identity. Use with SESaMo on a Z2 target (equivariant construction).
 
-Status: on real phi^4 16x8 (alpha = 0.005) training stopped with a non-finite loss after
-1500-3300 steps in both runs so far (docs/results.md, "Architectures"); not yet usable there.
+Status: on real phi^4 16x8 (alpha = 0.005) training stops with a non-finite loss after
+1500-3300 steps (also with gradient clipping): a generated field's zero mode e^rho' underflows, so
+M = 0.0 and ln|M| = -inf in its density (docs/results.md, "Architectures"); not yet usable there.
 """
 
 from __future__ import annotations
