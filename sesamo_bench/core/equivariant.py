@@ -53,6 +53,7 @@ class Equivariant(NaiveRealNVP):
     description = ("invariant prior through a G-equivariant flow (Koehler et al. 2020); no cell; z2 (odd "
                    "networks), u1 (lattice-u1, u1-fourier), particles (kernel-cnf), zm on R^2 (polar-zm)")
     chooses_flow = True
+    equivariant = True
 
     @classmethod
     def symmetry_for(cls, target: Any) -> tuple[str, dict[str, Any]]:
@@ -87,7 +88,6 @@ class Equivariant(NaiveRealNVP):
                                     f"not of the subset {symmetry.flip}")
         if kw.get("prior_mean", 0.0) != 0.0:
             raise IncompatibleError("equivariant needs an invariant prior: prior_mean must be 0")
-        self.equivariant = True  # the flow takes its group parameters from the symmetry (Method)
         super().__init__(shape, symmetry, **kw)
 
     def info(self) -> dict[str, Any]:

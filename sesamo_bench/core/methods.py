@@ -101,6 +101,9 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     #: the method picks its architecture unless the user names one (:meth:`default_flow`)
     chooses_flow: ClassVar[bool] = False
+    #: the method relies on the flow commuting with its symmetry, so the flow takes its group
+    #: parameters (e.g. the order of Z_M) from it (:meth:`Architecture.fit_symmetry`)
+    equivariant: ClassVar[bool] = False
 
     @classmethod
     def symmetry_for(cls, target: Any) -> tuple[str, dict[str, Any]]:
@@ -139,9 +142,7 @@ class Method(nn.Module):
         domain = self.flow_domain(spec)
         self.prior = GaussianPrior(domain.dim, mean=prior_mean, var=prior_var)
         what = f"method '{self.name}'" + (f" with symmetry '{symmetry.name}'" if symmetry is not None else "")
-        # a method that relies on the flow's equivariance (``self.equivariant``) lets the flow take
-        # what it needs from the symmetry (Architecture.fit_symmetry: e.g. the order of Z_M)
-        relied_on = symmetry if getattr(self, "equivariant", False) else None
+        relied_on = symmetry if self.equivariant else None
         self.flow = Standardized(spec.build(domain, what=what, symmetry=relied_on), mean=prior_mean,
                                  std=prior_var**0.5)
 

@@ -200,4 +200,3 @@ def relaxed(energy, x: Tensor, *, steps: int = 500, lr: float = 0.01, max_step: 
         norm = step.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         x = (x + step * torch.clamp(max_step / norm, max=1.0)).detach()
     return x
-

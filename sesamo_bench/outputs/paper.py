@@ -70,6 +70,7 @@ def _not_applicable(method: str, target: str, params: dict[str, Any]) -> str | N
 def _matches(params: dict[str, Any], want: dict[str, Any], defaults: dict[str, Any]) -> bool:
     return all(_same(params.get(k, defaults.get(k)), v) for k, v in want.items())
 
+
 def _ours(rec: dict[str, Any], method: str, groups: list[dict[str, Any]], empty: str) -> None:
     """Our numbers for ``method`` in a Table 1 record: the group with the most seeds in the numeric
     fields (``_ess_mean``, ``_ess_std``, ``_seeds``, ``_flow``), every architecture in the cell, its flow
