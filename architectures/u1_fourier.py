@@ -142,8 +142,10 @@ class U1Fourier(Architecture):
         """(u ``(N, 2V-1)``, (cos theta, sin theta) ``(N, 2)``) of fields ``(N, D)``."""
         f = x.view(x.shape[0], self.v, 2)
         m = f.sum(1)
-        r = m.norm(dim=1, keepdim=True)
-        c = m / r
+        # M = 0 exactly (measure zero, but float32 rounding gives it to about one prior draw in 10^6-10^7):
+        # theta = 0 there, and |M| the smallest normal number, so that ln|M| stays finite
+        r = m.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        c = torch.where(m.norm(dim=1, keepdim=True) > 0, m / r, torch.tensor([1.0, 0.0]).to(m))
         re = f[..., 0] * c[:, :1] + f[..., 1] * c[:, 1:]  # e^{-i theta} x
         im = f[..., 1] * c[:, :1] - f[..., 0] * c[:, 1:]
         basis = self.basis.to(x)
