@@ -32,8 +32,8 @@ def test_existing_configurations_keep_their_run_ids(args, rid, rid_bench):
 
 
 def test_realnvp_parameters_have_one_spelling():
-    a = resolve("phi4-real", "sesamo", overrides={"width": 33})
-    b = resolve("phi4-real", "sesamo", overrides={"flow.width": 33})
+    a = resolve("phi4-real", "sesamo", overrides={"flow": "realnvp", "width": 33})
+    b = resolve("phi4-real", "sesamo", overrides={"flow": "realnvp", "flow.width": 33})
     assert a.width == b.width == 33 and b.flow_params == {}
     assert run_id(a.to_dict()) == run_id(b.to_dict())
 
