@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sesamo_bench.errors import UnknownNameError
-from sesamo_bench.outputs.plot import make_plots, params_slug, swept_key
+from sesamo_bench.outputs.plot import ess_time_curves, make_plots, params_slug, swept_key
 
 METHODS = ("realnvp", "canonicalization", "sesamo")
 
@@ -100,6 +100,26 @@ def test_make_plots_selected_kinds_and_skips(runs, tmp_path):
     bare = [{**r, "run_dir": str(tmp_path / "missing"), "history": []} for r in runs if r["target"] != "hubbard"]
     assert make_plots(bare, tmp_path / "b") == []
     assert make_plots([], tmp_path / "c") == []
+
+
+def test_ess_time_keeps_training_settings_apart(tmp_path):
+    """A 30-step smoke run and a 500-step one (``--set steps=500``) are two curves, not one pooled
+    and cut at the shorter run; seeds and threads are pooled; presets are named where they differ."""
+    rng = np.random.default_rng(1)
+    rs = [make_run(tmp_path, "gaussian-mixture", "sesamo", s, hist=history(rng, 10.0)) for s in (0, 1)]
+    for s in (0, 1):
+        r = make_run(tmp_path, "gaussian-mixture", "sesamo", s + 10, hist=history(rng, 100.0))
+        r["config"].update(steps=500, threads=s + 1)
+        rs.append(r)
+    curves = ess_time_curves(rs)
+    assert sorted(curves) == [("sesamo", "realnvp"), ("sesamo", "realnvp [steps=500]")]
+    assert [r["seed"] for r in curves[("sesamo", "realnvp [steps=500]")]] == [10, 11]
+    rs[0]["config"]["preset"] = "quick"
+    assert set(ess_time_curves(rs)) == {("sesamo", "realnvp [quick preset]"), ("sesamo", "realnvp [smoke preset]"),
+                                        ("sesamo", "realnvp [smoke preset, steps=500]")}
+    files = make_plots(rs[1:], tmp_path / "plots", kinds=["ess-time"])
+    assert len(files) == 1
+    assert_png(files[0])
 
 
 def test_make_plots_unknown_kind(tmp_path):

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from sesamo_bench.errors import UnknownNameError
-from sesamo_bench.outputs.aggregate import aggregate, shown_params
+from sesamo_bench.outputs.aggregate import aggregate, shown_params, training_overrides
 from sesamo_bench.outputs.formatting import FORMATS, format_err, parse_err
 from sesamo_bench.outputs.paper import paper_table1, render_table1
 from sesamo_bench.outputs.report import EMPTY, render_report
@@ -130,6 +130,38 @@ def test_aggregate_keeps_hmc_with_and_without_global_moves_apart():
     runs[1]["config"]["global_moves"] = True
     plain, moves = sorted(aggregate(runs), key=lambda g: len(g["params"]))
     assert plain["params"] == {} and moves["params"] == {"global_moves": True} and plain["flow"] == "-"
+
+
+def test_aggregate_keeps_runs_given_other_training_settings_apart():
+    """Runs of one preset given ``--set steps=...`` (or lr, ...) on top are other experiments; an
+    execution setting (threads) or a bookkeeping one (checkpoint_every) is not."""
+    runs = [make_run(seed=s, ess=0.2) for s in (0, 1)]  # the smoke preset's 30 steps
+    for s in (0, 1):
+        r = make_run(seed=s, ess=0.8)
+        r["run_id"] += "-long"
+        r["config"].update(steps=500, lr=3e-4, threads=2 - s, checkpoint_every=7)
+        runs.append(r)
+    r = make_run(seed=2, ess=0.2)
+    r["config"].update(threads=1, checkpoint_every=99)  # same experiment as the first two
+    runs.append(r)
+    short, long = sorted(aggregate(runs), key=lambda g: len(g["params"]))
+    assert short["params"] == {} and short["seeds"] == [0, 1, 2] and short["ess_mean"] == pytest.approx(0.2)
+    assert long["params"] == {"steps": 500, "lr": 3e-4} and long["seeds"] == [0, 1]
+    assert long["ess_mean"] == pytest.approx(0.8)
+    text = render_report(runs, fmt="markdown")
+    assert "lr=0.0003, steps=500" in text
+
+
+def test_training_overrides_compare_with_the_methods_preset_and_skip_swept_keys():
+    # phi4-real's quick preset gives sesamo z2-fourier and 6000 steps: neither is an override
+    r = make_run("phi4-real", "sesamo", preset="quick")
+    r["config"].update(steps=6000, lr=1e-3, flow="z2-fourier", batch_size=1024)
+    assert training_overrides(r) == {}
+    r["config"]["steps"] = 50000
+    assert training_overrides(r) == {"steps": 50000}
+    r["params"] = {"steps": 50000}  # a --sweep steps=... run: already a parameter
+    assert training_overrides(r) == {}
+    assert training_overrides({**r, "target": "no-such-target"}) == {}
 
 
 def test_aggregate_ignores_nan_and_unfinished_values():

@@ -107,12 +107,38 @@ def flow_label(config: dict[str, Any] | None) -> str:
     inner = ",".join(f"{k}={v}" for k, v in sorted((config.get("flow_params") or {}).items()))
     return (config.get("flow") or "realnvp") + (f"({inner})" if inner else "")
 
+#: hyperparameters left out of :func:`training_overrides`: the architecture (its own column) and
+#: settings that change what is kept, not what is trained or measured
+BOOKKEEPING = ("flow", "flow_params", "checkpoint_every", "save_samples")
+
+def training_overrides(run: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters a run was given on top of its preset (``--set steps=50000``, a
+    benchmark's ``set`` table): those of its configuration that differ from what the preset gives
+    its method, less :data:`BOOKKEEPING`, execution settings (threads, device: they do
+    not change what is computed) and swept keys (already among its params). Empty where the
+    target's plugin is not installed (nothing to compare with)."""
+    from ..harness.config import EXECUTION_ONLY, HYPER, preset_values
+
+    config = run.get("config") or {}
+    try:
+        from .. import plugins
+
+        given = preset_values(plugins.targets.get(run["target"]), config.get("preset") or "quick", run["method"])
+    except Exception:
+        return {}
+    swept = run.get("params") or {}
+    return {k: config[k] for k, default in HYPER.items()
+            if k in config and k not in EXECUTION_ONLY and k not in BOOKKEEPING and k not in swept
+            and not _same(config[k], given.get(k, default))}
+
 def group_params(run: dict[str, Any]) -> dict[str, Any]:
     """The target parameters of a run, with its non-default symmetry parameters as ``symmetry.<key>``
-    (runs that restrict the group differently are different experiments)."""
+    (runs that restrict the group differently are different experiments) and the hyperparameters it
+    was given on top of its preset (:func:`training_overrides`: a 6000- and a 50 000-step run of one
+    preset are not pooled)."""
     config = run.get("config") or {}
     sym = config.get("symmetry_params") or {}
-    out = {**(run.get("params") or {}), **{f"symmetry.{k}": v for k, v in sym.items()}}
+    out = {**(run.get("params") or {}), **{f"symmetry.{k}": v for k, v in sym.items()}, **training_overrides(run)}
     if run.get("method") == "hmc" and config.get("global_moves"):  # a different sampler
         out["global_moves"] = True
     return out
@@ -122,8 +148,9 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     r"""Group runs over seeds and summarise each group.
 
     Groups are keyed by (benchmark, target, method, architecture, params, preset), params being the
-    target's and the symmetry's (:func:`group_params`): runs of different presets, architectures or
-    groups are not comparable and are never pooled. Only ``finished`` runs enter the means; the others are
+    target's, the symmetry's and the hyperparameters set on top of the preset (:func:`group_params`):
+    runs of different presets, architectures, groups or training settings are not comparable and are
+    never pooled. Only ``finished`` runs enter the means; the others are
     counted by status.
 
     Arguments:

@@ -279,12 +279,27 @@ def _curve(history: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | Non
     return t, e
 
 
-def _ess_time(target: str, shown: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> Path | None:
-    from .aggregate import flow_label
+def ess_time_curves(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The runs of one ESS-vs-time figure by curve: ``(method, setting)``, the setting being the
+    architecture plus, where they differ, the preset and the hyperparameters set on top of it
+    (``z2-fourier [steps=50000]``). Seeds are pooled into one curve, settings never."""
+    from .aggregate import flow_label, training_overrides
 
-    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in runs:  # one curve per (method, architecture) pair
-        by_pair.setdefault((r["method"], flow_label(r.get("config"))), []).append(r)
+    presets = {(r.get("config") or {}).get("preset") for r in runs}
+
+    def setting(r: dict[str, Any]) -> str:
+        bits = ([f"{(r.get('config') or {}).get('preset')} preset"] if len(presets) > 1 else []) + \
+               [f"{k}={v}" for k, v in sorted(training_overrides(r).items())]
+        return flow_label(r.get("config")) + (f" [{', '.join(bits)}]" if bits else "")
+
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        out.setdefault((r["method"], setting(r)), []).append(r)
+    return out
+
+
+def _ess_time(target: str, shown: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> Path | None:
+    by_pair = ess_time_curves(runs)
     several = len({f for _, f in by_pair}) > 1
     series = []
     for (method, flow), rs in sorted(by_pair.items(), key=lambda kv: (method_rank(kv[0][0]), kv[0][1])):
