@@ -333,7 +333,10 @@ def _ess_time(target: str, shown: dict[str, Any], runs: list[dict[str, Any]], ou
     ax.set_ylabel("ESS")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if max(len(t.get_label()) for t in ax.get_lines()) > 32:  # long setting labels: below the axes
+        fig.legend(loc="outside lower center", fontsize="small", ncols=1)
+    else:
+        ax.legend(loc="lower right")
     ax.set_title(f"ESS during training (mean $\\pm$ std over seeds)\n{_title(target, shown)}")
     return _save(fig, out_dir / f"ess-time_{_slug(target)}_{params_slug(shown)}.png")
 
