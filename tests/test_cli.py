@@ -44,6 +44,17 @@ def test_list_everything():
     assert bad.exit_code == 2 and bad.stderr.startswith("error: cannot list 'widgets'")
 
 
+def test_provenance_records_the_threads_a_run_trains_with(tmp_path):
+    """--set threads=2 trains with 2 intra-op threads and says so (it was once recorded as the one
+    thread the harness holds before the run sets its own); by default a run has one."""
+    store = tmp_path / "r.sqlite"
+    run_json(store, "--target", "gaussian-mixture", "--methods", "realnvp", "--seeds", "0", "--workers", "1")
+    run_json(store, "--target", "gaussian-mixture", "--methods", "realnvp", "--seeds", "1", "--workers", "1",
+             "--set", "threads=2")
+    threads = {r["seed"]: r["provenance"]["threads"] for r in Store(store).runs()}
+    assert threads == {0: 1, 1: 2}
+
+
 def test_run_json_contract_show_and_report(tmp_path):
     store = tmp_path / "r.sqlite"
     runs = run_json(store, "--target", "hubbard", "--methods", "realnvp,sesamo", "--seeds", "0")

@@ -95,7 +95,8 @@ def provenance(run: PlannedRun) -> dict[str, Any]:
     # the fused kernels are float32 only: other MLPs run the plain PyTorch module
     mlp_kernels = kernels.resolve(cfg.kernels, device) if mlp_dtype == "float32" else "aten"
     return {**_static_provenance(), "device": str(device), "dtype": dtype, "seed": cfg.seed,
-            "pid": os.getpid(), "threads": torch.get_num_threads(), "mlp_kernels": mlp_kernels,
+            # the threads the run trains with (train_run sets cfg.threads after this is recorded)
+            "pid": os.getpid(), "threads": cfg.threads or torch.get_num_threads(), "mlp_kernels": mlp_kernels,
             "architecture": {"name": cfg.flow, "params": cfg.flow_spec().params}}
 
 
