@@ -79,8 +79,9 @@ class Phi4Real(Target):
                   "final_samples": 32768, "checkpoint_every": 1000,
                   # z2-fourier (RealNVP on ln|M| and the momentum modes of sign(M) x) for the two
                   # methods that use a Z2-equivariant flow: in 6000 steps ESS 0.12(4) (sesamo) and
-                  # 0.077(18) (equivariant) against 0.06(3) (MLP) and 0.001 (odd-realnvp); 50 000
-                  # steps reach 0.52-0.62 (docs/results.md, "Real phi^4 16x8 within 30 minutes")
+                  # 0.077(18) (equivariant) against 0.06(3) (MLP) and 0.001 (odd-realnvp); 65 000
+                  # steps on 2 threads reach 0.630(14) in 27-29 minutes (docs/results.md, "Real phi^4
+                  # 16x8 within 30 minutes")
                   "methods": {"sesamo": {"flow": "z2-fourier"}, "equivariant": {"flow": "z2-fourier"}}},
         "paper": {"steps": 100000, "batch_size": 8192, "lr": 5e-4, "couplings": 6, "hidden_layers": 4,
                   "width": 100, "eval_every": 500, "eval_samples": 8192, "final_samples": 262144,
