@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sesamo_bench.core.architecture import Domain
 from sesamo_bench.architectures.lattice_affine import LatticeAffine
 
 
@@ -21,6 +20,7 @@ class LatticeOdd(LatticeAffine):
     Arguments: as ``lattice-affine``.
 
     Example:
+        >>> from sesamo_bench.core.architecture import Domain
         >>> f = LatticeOdd(Domain((4, 4), lattice=2), couplings=2).double()
         >>> for p in f.parameters():
         ...     _ = torch.nn.init.normal_(p, std=0.3)

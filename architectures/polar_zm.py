@@ -36,10 +36,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from zuko.transforms import MonotonicRQSTransform
-
 from sesamo_bench.core.architecture import Architecture, Domain
 from sesamo_bench.core.flows import mlp
+from sesamo_bench.core.spline import monotonic_rqs
 from sesamo_bench.errors import ConfigError, IncompatibleError
 
 
@@ -116,9 +115,10 @@ class PolarZM(Architecture):
             mlp(2 if k % 2 == 0 else 1, 3 * bins, hidden_layers=hidden_layers, width=width, activation=activation,
                 kernels=kernels) for k in range(couplings))
 
-    def _spline(self, raw: Tensor, bound: float) -> MonotonicRQSTransform:
+    def _spline(self, raw: Tensor, bound: float) -> Any:
+        """zuko's ``MonotonicRQSTransform`` (:func:`~sesamo_bench.core.spline.monotonic_rqs`)."""
         k = self.bins
-        return MonotonicRQSTransform(raw[:, 1:k + 1], raw[:, k + 1:2 * k + 1], raw[:, 2 * k + 1:], bound=bound)
+        return monotonic_rqs(raw[:, 1:k + 1], raw[:, k + 1:2 * k + 1], raw[:, 2 * k + 1:], bound=bound)
 
     def _radial(self, k: int, s: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         """s' (or s from s'), and the forward ln|det| of layer k."""

@@ -17,9 +17,10 @@ A fresh flow is the identity. Use with SESaMo on a Z2 target (equivariant constr
 
 Measured (docs/results.md, "Real phi^4 16x8 within 30 minutes"): SESaMo with this flow on real
 phi^4 16x8 at alpha = 0.005 reaches ESS 0.52-0.62 in 50 000 steps (25 minutes of one CPU core)
-and 0.615-0.642 in 65 000 steps (27-29 minutes on two threads), against 0.06 for the MLP RealNVP. A field whose magnetisation rounds to exactly 0.0 in float32
-(one prior draw in ~10^6-10^7) is read as the smallest normal |M| (``_frame``); before, it gave
-ln|M| = -inf and stopped training with a non-finite loss.
+and 0.615-0.642 in 65 000 steps (27-29 minutes on two threads), against 0.06 for the MLP RealNVP.
+A field whose magnetisation rounds to exactly 0.0 in float32 (one prior draw in ~10^6-10^7) is
+read as the smallest normal |M| (``_frame``); before, it gave ln|M| = -inf and stopped training
+with a non-finite loss.
 """
 
 from __future__ import annotations

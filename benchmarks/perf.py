@@ -35,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--ess-max-steps", type=int)
+    ap.add_argument("--ess-steps", type=int, help="time-to-ess: training steps (default 20000)")
+    ap.add_argument("--ess-budget", type=float, dest="ess_budget_s", help="time-to-ess: seconds per lattice")
     ap.add_argument("--out", help="write the results as JSON")
     a = ap.parse_args(argv)
     opt = PerfOptions.quick_defaults() if a.quick else PerfOptions()
-    for name in ("sections", "targets", "presets", "batches", "lattices", "nts", "reps", "ess_max_steps"):
+    for name in ("sections", "targets", "presets", "batches", "lattices", "nts", "reps", "ess_max_steps", "ess_steps",
+                 "ess_budget_s"):
         v = getattr(a, name)
         if v is not None:
             setattr(opt, name, v)

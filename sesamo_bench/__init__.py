@@ -16,8 +16,9 @@ The layers (one job per module; ``tests/test_layers.py`` checks who imports whom
   :mod:`sesamo_bench.plugins`) and this facade (:mod:`sesamo_bench.api`).
 
 Modules of the flat layout before the layers (``sesamo_bench.symmetry``, ``sesamo_bench.train``,
-...) still import, as the same module objects under their new names, with a
-:class:`DeprecationWarning`, so plugins written against them keep working.
+...) still import until 0.3.0, with a :class:`DeprecationWarning`, as modules that stand for the
+ones under their new names (same attributes, same classes and functions), names that moved to
+another module included (:data:`MOVED_NAMES`), so plugins written against them keep working.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import importlib as _importlib
 import importlib.abc as _abc
 import importlib.util as _util
 import sys as _sys
+import types as _types
 import warnings as _warnings
 from importlib import metadata as _metadata
 from typing import Any
@@ -62,8 +64,57 @@ MOVED = {
 }
 
 
+#: names that left their flat-layout module for another one: old module -> {name: "new.module:name"}
+#: (names that left a module of the layers are kept by that module's own ``__getattr__``)
+MOVED_NAMES = {
+    "store": {"EXECUTION_ONLY": "harness.config:EXECUTION_ONLY", "LATER_FIELDS": "harness.config:LATER_FIELDS"},
+    "measure": {"OBS_HEADERS": "outputs.observables:OBS_HEADERS",
+                "observable_rows": "outputs.observables:observable_rows",
+                "render_observables": "outputs.observables:render_observables",
+                "summary": "outputs.observables:estimate_rows"},
+}
+#: the release that removes the flat module paths and :data:`MOVED_NAMES` (CHANGELOG.md)
+REMOVED_IN = "0.3.0"
+
+
+class _OldModule(_types.ModuleType):
+    """``sesamo_bench.<old>``: a module of its own whose attributes are those of the module now at
+    ``sesamo_bench.<MOVED[old]>`` (reading, setting and deleting them acts on that module), plus the
+    names in :data:`MOVED_NAMES`, with a :class:`DeprecationWarning`. The module it stands for is
+    left as it is (its ``__spec__`` included, so ``importlib.reload`` of it works)."""
+
+    def _new(self) -> Any:
+        old = _types.ModuleType.__getattribute__(self, "__name__").partition(".")[2]
+        return _importlib.import_module(f"{__name__}.{MOVED[old]}")
+
+    def __getattr__(self, name: str) -> Any:  # only names this module's own namespace lacks
+        old = _types.ModuleType.__getattribute__(self, "__name__")
+        moved = MOVED_NAMES.get(old.partition(".")[2], {}).get(name)
+        if moved is not None:
+            where, _, attr = moved.partition(":")
+            _warnings.warn(f"{old}.{name} moved to {__name__}.{where}.{attr}; the old path goes in {REMOVED_IN}",
+                           DeprecationWarning, stacklevel=2)
+            return getattr(_importlib.import_module(f"{__name__}.{where}"), attr)
+        new = self._new()
+        if name == "__all__" and not hasattr(new, "__all__"):  # `from <old> import *`
+            return [k for k in vars(new) if not k.startswith("_")]
+        return getattr(new, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("__") and name.endswith("__"):  # the import system's own attributes
+            super().__setattr__(name, value)
+        else:
+            setattr(self._new(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._new(), name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._new())) | set(MOVED_NAMES.get(self.__name__.partition(".")[2], {})))
+
+
 class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
-    """Imports ``sesamo_bench.<old>`` as the module now at ``sesamo_bench.<MOVED[old]>`` (one object)."""
+    """Imports ``sesamo_bench.<old>`` as an :class:`_OldModule` standing for ``sesamo_bench.<MOVED[old]>``."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         head, _, old = fullname.partition(".")
@@ -73,11 +124,12 @@ class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
 
     def create_module(self, spec: Any) -> Any:
         new = f"{__name__}.{MOVED[spec.name.partition('.')[2]]}"
-        _warnings.warn(f"{spec.name} moved to {new}", DeprecationWarning, stacklevel=3)
-        return _importlib.import_module(new)
+        _warnings.warn(f"{spec.name} moved to {new}; the old path goes in {REMOVED_IN}", DeprecationWarning,
+                       stacklevel=3)
+        return _OldModule(spec.name)
 
     def exec_module(self, module: Any) -> None:
-        pass
+        module._new()  # the module it stands for loads now (its import errors surface here)
 
 
 if not any(isinstance(f, _MovedModules) for f in _sys.meta_path):

@@ -228,6 +228,9 @@ def _coerce(value: Any, default: Any, key: str, table: str) -> Any:
         if number is not None:
             if not math.isfinite(number):
                 raise ConfigError(f"{table}: '{key}' must be a finite number, got {value!r}")
+            if number != 0.0 and abs(number) < sys.float_info.min:  # e.g. 1e-320: no precision left
+                raise ConfigError(f"{table}: '{key}' must be 0 or at least {sys.float_info.min:.3g} in magnitude "
+                                  f"(a subnormal number carries no precision), got {value!r}")
             return number
     elif isinstance(default, str):
         if isinstance(value, str):

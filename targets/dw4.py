@@ -63,7 +63,8 @@ class DW4(ShippedReference, ParticleTarget):
 
     def __init__(self, *, n_particles: int = 4, dim: int = 2, a: float = 0.0, b: float = -4.0, c: float = 0.9,
                  d0: float = 4.0, temperature: float = 1.0):
-        check(is_int(n_particles) and n_particles >= 2, f"dw4: 'n_particles' must be an integer >= 2, got {n_particles!r}")
+        check(is_int(n_particles) and n_particles >= 2,
+              f"dw4: 'n_particles' must be an integer >= 2, got {n_particles!r}")
         check(is_int(dim) and dim >= 1, f"dw4: 'dim' must be an integer >= 1, got {dim!r}")
         check(is_real(a), f"dw4: 'a' must be a finite number, got {a!r}")
         check(is_real(b), f"dw4: 'b' must be a finite number, got {b!r}")
@@ -87,4 +88,5 @@ class DW4(ShippedReference, ParticleTarget):
         r"""The energy E, the mean pair distance and the fraction of pairs in the inner well (d < d0)."""
         x = self.positions(y)
         d = pair_distances(x)
-        return {"energy": self.energy(x), "pair_distance": d.mean(-1), "inner_fraction": (d < self.d0).to(d.dtype).mean(-1)}
+        return {"energy": self.energy(x), "pair_distance": d.mean(-1),
+                "inner_fraction": (d < self.d0).to(d.dtype).mean(-1)}

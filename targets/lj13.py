@@ -48,12 +48,14 @@ class LJ13(ShippedReference, ParticleTarget):
     Example:
         >>> import torch
         >>> x = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]], dtype=torch.float64)
-        >>> float(LJ13(n_particles=2, oscillator=0.0).energy(x)), float(LJ13(n_particles=2, oscillator=0.0, pair_count="unordered").energy(x))
+        >>> (float(LJ13(n_particles=2, oscillator=0.0).energy(x)),
+        ...  float(LJ13(n_particles=2, oscillator=0.0, pair_count="unordered").energy(x)))
         (-2.0, -1.0)
     """
 
     name = "lj13"
-    examples = [{}, {"n_particles": 3, "dim": 2, "pair_count": "unordered"}, {"n_particles": 4, "dim": 3, "oscillator": 0.5}]
+    examples = [{}, {"n_particles": 3, "dim": 2, "pair_count": "unordered"},
+                {"n_particles": 4, "dim": 3, "oscillator": 0.5}]
     reference_file = "val_split_LJ13-1000.npy"
     reference_params = {"n_particles": 13, "dim": 3, "epsilon": 1.0, "r_m": 1.0, "oscillator": 1.0,
                         "pair_count": "ordered", "temperature": 1.0}
@@ -63,21 +65,26 @@ class LJ13(ShippedReference, ParticleTarget):
         "smoke": {**SMOKE, "prior_var": 0.5},
         "quick": {"steps": 3000, "batch_size": 256, "lr": 5e-4, "lr_schedule": "cosine", "couplings": 8,
                   "hidden_layers": 2, "width": 128, "eval_every": 250, "eval_samples": 2048,
-                  "final_samples": 100000, "save_samples": 20000, "checkpoint_every": 500, "grad_clip": 10.0, "prior_var": 0.5},
+                  "final_samples": 100000, "save_samples": 20000, "checkpoint_every": 500, "grad_clip": 10.0,
+                  "prior_var": 0.5},
         "paper": {"steps": 100000, "batch_size": 1024, "lr": 2e-4, "lr_schedule": "cosine", "couplings": 12,
                   "hidden_layers": 3, "width": 256, "eval_every": 1000, "eval_samples": 16384,
-                  "final_samples": 1000000, "save_samples": 50000, "checkpoint_every": 5000, "grad_clip": 10.0, "prior_var": 0.5},
+                  "final_samples": 1000000, "save_samples": 50000, "checkpoint_every": 5000, "grad_clip": 10.0,
+                  "prior_var": 0.5},
     }
 
     def __init__(self, *, n_particles: int = 13, dim: int = 3, epsilon: float = 1.0, r_m: float = 1.0,
                  oscillator: float = 1.0, pair_count: str = "ordered", temperature: float = 1.0, r_min: float = 0.01):
-        check(is_int(n_particles) and n_particles >= 2, f"lj13: 'n_particles' must be an integer >= 2, got {n_particles!r}")
+        check(is_int(n_particles) and n_particles >= 2,
+              f"lj13: 'n_particles' must be an integer >= 2, got {n_particles!r}")
         check(is_int(dim) and dim >= 1, f"lj13: 'dim' must be an integer >= 1, got {dim!r}")
         check(is_real(epsilon) and epsilon > 0, f"lj13: 'epsilon' must be a number > 0, got {epsilon!r}")
         check(is_real(r_m) and r_m > 0, f"lj13: 'r_m' must be a number > 0, got {r_m!r}")
         check(is_real(oscillator) and oscillator >= 0, f"lj13: 'oscillator' must be a number >= 0, got {oscillator!r}")
-        check(pair_count in PAIR_COUNTS, f"lj13: 'pair_count' must be one of {', '.join(PAIR_COUNTS)}, got {pair_count!r}")
-        check(is_real(temperature) and temperature > 0, f"lj13: 'temperature' must be a number > 0, got {temperature!r}")
+        check(pair_count in PAIR_COUNTS,
+              f"lj13: 'pair_count' must be one of {', '.join(PAIR_COUNTS)}, got {pair_count!r}")
+        check(is_real(temperature) and temperature > 0,
+              f"lj13: 'temperature' must be a number > 0, got {temperature!r}")
         check(is_real(r_min) and 0 < r_min < 0.5, f"lj13: 'r_min' must be a number in (0, 0.5), got {r_min!r}")
         self.epsilon, self.r_m, self.oscillator = float(epsilon), float(r_m), float(oscillator)
         self.pair_count, self.temperature, self.r_min = pair_count, float(temperature), float(r_min)

@@ -134,7 +134,8 @@ class Phi4Complex(Target):
         from scipy.special import i1e
 
         fre, fim = free
-        mre, mim = free_moments(self.lattice, fre["cov"], fre["mean"]), free_moments(self.lattice, fim["cov"], fim["mean"])
+        mre = free_moments(self.lattice, fre["cov"], fre["mean"])
+        mim = free_moments(self.lattice, fim["cov"], fim["mean"])
         s, nu = mre["var_m"] ** 0.5, abs(mre["m"])
         # (m_re, m_im) is an isotropic 2-D Gaussian around (<m_re>, 0), nu = |<m_re>|: |m| is Rice distributed, and
         # E cos(arg M) = int_0^inf r/s^2 exp(-(r - nu)^2 / (2 s^2)) I1(r nu / s^2) dr

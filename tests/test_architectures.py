@@ -28,8 +28,9 @@ from .helpers import bound, importance_integral, randomise
 
 ARCHS = plugins.architectures.names()
 #: small domains; each architecture is tested on those it accepts
-DOMAINS = [Domain((3,)), Domain((2,)), Domain((4, 2), lattice=2), Domain((4, 2, 2), lattice=2), Domain((2, 2, 2), lattice=2),
-           Domain((4,), lattice=1), Domain((6,), particles=(4, 2)), Domain((6,), particles=(3, 3))]
+DOMAINS = [Domain((3,)), Domain((2,)), Domain((4, 2), lattice=2), Domain((4, 2, 2), lattice=2),
+           Domain((2, 2, 2), lattice=2), Domain((4,), lattice=1), Domain((6,), particles=(4, 2)),
+           Domain((6,), particles=(3, 3))]
 
 
 def _fits(name: str) -> list[Domain]:
@@ -85,7 +86,8 @@ def test_fresh_flow_is_identity_where_declared(name, domain):
 @pytest.mark.parametrize("name,domain", PAIRS, ids=IDS)
 def test_rejects_wrong_input_shape(name, domain):
     flow = FlowSpec(name, {}).build(domain)
-    with pytest.raises(InputOutsideDomain, match=rf"Expected input shape \(N, {domain.dim}\); got \(2, {domain.dim + 1}\)"):
+    shapes = rf"Expected input shape \(N, {domain.dim}\); got \(2, {domain.dim + 1}\)"
+    with pytest.raises(InputOutsideDomain, match=shapes):
         flow(torch.zeros(2, domain.dim + 1))
 
 
@@ -108,7 +110,7 @@ def test_translation_equivariance(name, domain):
     z = torch.randn(6, *domain.shape)
     axes = tuple(range(1, 1 + domain.lattice))
     for shift in _shifts(domain):
-        roll = lambda t: torch.roll(t.reshape(6, *domain.shape), shift, axes).reshape(6, -1)  # noqa: E731
+        roll = lambda t, shift=shift: torch.roll(t.reshape(6, *domain.shape), shift, axes).reshape(6, -1)  # noqa: E731
         x_of_shifted = flow(roll(z.reshape(6, -1)))[0]
         torch.testing.assert_close(x_of_shifted, roll(flow(z.reshape(6, -1))[0]))
     # and a shift that breaks the checkerboard is not a symmetry of a trained-looking flow
@@ -296,9 +298,9 @@ def test_dropped_in_architecture_gets_the_contract_tests(tmp_path: Path):
     (tmp_path / "architectures" / "toy.py").write_text(textwrap.dedent(TOY))
     env = {**os.environ, "SESAMO_BENCH_PLUGINS": str(tmp_path)}
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-k", "toy-scale",
-                          str(root / "tests" / "test_architectures.py")], capture_output=True, text=True, env=env,
-                         cwd=root, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+                          "-k", "toy-scale", str(root / "tests" / "test_architectures.py")],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = next(line for line in reversed(out.stdout.splitlines()) if " passed" in line)
     passed = int(summary.split(" passed")[0].split()[-1])

@@ -71,8 +71,13 @@ def test_run_json_contract_show_and_report(tmp_path):
     rows = Store(store).runs()
     assert len(rows) == 2 and rows[0]["config"]["steps"] == 20
     assert rows[0]["provenance"]["torch"] and rows[0]["provenance"]["python"]
-    # float32 conditioner MLPs in the Hubbard presets: the fused kernels this machine has
-    assert rows[0]["provenance"]["mlp_kernels"] == kernels.resolve("auto", "cpu")
+    # float32 conditioner MLPs in the Hubbard presets: kernels=auto measured each MLP shape and
+    # recorded what it took and the times it compared
+    prov = rows[0]["provenance"]
+    choices = prov["mlp_kernels_choice"]
+    assert choices and all(c["path"] in kernels.candidates() for c in choices)
+    assert set(prov["mlp_kernels"].split("+")) == {c["path"] for c in choices if c["grad"]}
+    assert all(set(c["times_ms"]) == set(kernels.candidates()) or c["source"] == "only" for c in choices)
     assert rows[0]["history"] and rows[0]["history"][-1]["step"] == 20
 
     shown = invoke("show", runs[1]["run_id"][:6], "--store", store)

@@ -208,7 +208,8 @@ def test_killed_worker_fails_only_its_run(tmp_path):
     recs = json.loads(out)
     assert len(recs) == 3 and len(Store(store).runs()) == 3
     dead = Store(store).get(victim["run_id"])
-    assert dead["status"] == "failed" and "SIGKILL" in dead["error"] and str(victim["provenance"]["pid"]) in dead["error"]
+    assert dead["status"] == "failed" and "SIGKILL" in dead["error"]
+    assert str(victim["provenance"]["pid"]) in dead["error"]
     others = [r for r in Store(store).runs() if r["run_id"] != victim["run_id"]]
     assert [(r["status"], r["steps"]) for r in others] == [("finished", 30), ("finished", 40)]
     assert rows[30]["ess"] > 0 and rows[40]["ess"] > 0

@@ -101,10 +101,10 @@ def test_closed_form_divergence_is_the_autograd_trace(n, d):
         tt = torch.tensor(t, dtype=torch.float64)
         _, div = dyn(tt, x)
         for b in range(4):
-            full = torch.autograd.functional.jacobian(lambda p: dyn(tt, p.reshape(1, n, d))[0].reshape(-1),
+            full = torch.autograd.functional.jacobian(lambda p, tt=tt: dyn(tt, p.reshape(1, n, d))[0].reshape(-1),
                                                       x[b].reshape(-1))
             reduced = torch.autograd.functional.jacobian(
-                lambda q: to_reduced(dyn(tt, to_positions(q.unsqueeze(0), n, d))[0])[0], y[b])
+                lambda q, tt=tt: to_reduced(dyn(tt, to_positions(q.unsqueeze(0), n, d))[0])[0], y[b])
             torch.testing.assert_close(div[b], torch.trace(full), atol=1e-10, rtol=1e-10)
             torch.testing.assert_close(div[b], torch.trace(reduced), atol=1e-10, rtol=1e-10)
         assert float(div.detach().abs().max()) > 1e-2

@@ -207,7 +207,7 @@ def test_modulation_jacobian_matches_autograd(params, shape):
         m0 = _random_orthogonal(d, gen)
         perm = torch.randperm(sym.n_particles, generator=gen).double()
 
-        def fn(v):
+        def fn(v, m0=m0, perm=perm):
             a = torch.zeros(d, d)
             a[iu[0], iu[1]] = v[fd:]
             m = m0 @ torch.linalg.matrix_exp(a - a.T)

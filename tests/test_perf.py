@@ -115,13 +115,18 @@ def test_throughput_row_reports_ratios_and_both_matmul_fractions():
     assert "ratio_realnvp_vs_peer" not in row
     if kernels.available():
         assert perf.onednn_rate(64, reps=1) > 0
-    # where the native kernels run, the oneDNN path is timed beside them
-    if kernels.resolve("auto", "cpu") == "native" and kernels.available():
-        assert row["ratio_realnvp_vs_onednn"] == pytest.approx(
-            row["realnvp"]["steps_per_s"] / row["realnvp_onednn"]["steps_per_s"])
-        assert row["realnvp_onednn"]["matmul_fraction"] > 0
-    else:
-        assert "realnvp_onednn" not in row
+    # every path that runs here is timed forced beside auto, and auto is compared with the fastest
+    for path in ("native", "onednn"):
+        if path in kernels.candidates():
+            assert row[f"ratio_realnvp_vs_{path}"] == pytest.approx(
+                row["realnvp"]["steps_per_s"] / row[f"realnvp_{path}"]["steps_per_s"])
+            assert row[f"realnvp_{path}"]["matmul_fraction"] > 0
+        else:
+            assert f"realnvp_{path}" not in row
+    forced = {p: row[f"realnvp_{p}"]["steps_per_s"] for p in kernels.candidates()}
+    assert row["fastest_path"] == max(forced, key=forced.get)
+    assert row["ratio_auto_vs_fastest"] == pytest.approx(row["realnvp"]["steps_per_s"] / max(forced.values()))
+    assert row["auto_kernels"] and all(c["path"] in kernels.candidates() for c in row["auto_choice"])
 
 
 def test_throughput_row_of_a_mixed_precision_preset():

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate
 
 from sesamo_bench.core import metrics
 from sesamo_bench import plugins

@@ -25,7 +25,8 @@ NAMES = plugins.symmetries.names()
 
 def test_builtins_discovered():
     assert {"z2", "zm", "z2xz2", "u1", "particles"} <= set(NAMES)
-    assert not [e for e in plugins.symmetries.errors.values() if e.split(".py")[0] in ("z2", "zm", "z2xz2", "u1", "particles")]
+    ours = ("z2", "zm", "z2xz2", "u1", "particles")
+    assert not [e for e in plugins.symmetries.errors.values() if e.split(".py")[0] in ours]
 
 
 def test_unknown_symmetry_names_alternatives():

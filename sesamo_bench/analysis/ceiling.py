@@ -35,7 +35,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -94,6 +93,7 @@ def ceilings(abs_m: np.ndarray, alpha: float, group: str) -> Ceiling:
         group: ``z2`` or ``u1``.
 
     Example (|M| fixed: every invariant model is the same on each orbit):
+        >>> import math
         >>> c = ceilings(np.full((2, 50), 3.0), 0.2, "z2")
         >>> round(c.ceiling.mean, 6) == round(c.unbroken.mean, 6) == round(math.cosh(0.6) ** 2 / math.cosh(1.2), 6)
         True

@@ -21,7 +21,7 @@ so errors of ratios and of derived observables account for every correlation.
 
 Every estimate also carries the effective number of samples for that observable,
 ``n_eff = Var_p(O) / error^2`` (``N / (2 tau_int)`` for a chain; about ``ESS x N`` for reweighting),
-from which :func:`cost_per_effective_sample` follows.
+from which the cost per effective sample follows (:mod:`sesamo_bench.harness.measure`).
 """
 
 from __future__ import annotations
@@ -238,10 +238,3 @@ def _between_chains(est: Estimate, chains: np.ndarray) -> None:
             if var > 0:
                 est.tau_int = chains.size * between**2 / (2 * var)
 
-
-def cost_per_effective_sample(est: Estimate, seconds: float) -> float | None:
-    """Seconds per effective sample of one observable: the seconds spent on the estimate divided by
-    its effective number of samples (Var(O) / error^2)."""
-    if est.n_eff is None or not est.n_eff or not math.isfinite(est.n_eff):
-        return None
-    return seconds / est.n_eff

@@ -221,7 +221,8 @@ def curve() -> Curve | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sesamo_bench.analysis.phi4_reference [--out FILE] [--chains C] [--samples N] ...``"""
-    p = argparse.ArgumentParser(prog="python -m sesamo_bench.analysis.phi4_reference", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sesamo_bench.analysis.phi4_reference",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=None, help=f"output JSON (default: the package's {DATA_FILE})")
     for k in ("chains", "samples", "burn_in", "seed"):
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=DEFAULTS[k])

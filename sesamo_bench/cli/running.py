@@ -1,4 +1,5 @@
-"""``sesamo-bench run``, ``status`` and ``collect``: train a grid here or as cluster jobs, follow and record the jobs."""
+"""``sesamo-bench run``, ``status`` and ``collect``: train a grid here or as cluster jobs, follow and record
+the jobs."""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..errors import ConfigError, IncompatibleError, InputOutsideDomain
+from ..registry import Registry, _coerce
 
 #: constructor arguments filled by the runner, not by the configuration (execution settings)
 EXECUTION = ("kernels",)
@@ -176,16 +177,19 @@ def schema(cls: type) -> dict[str, Any]:
             if p.kind == p.KEYWORD_ONLY and p.name not in EXECUTION}
 
 
-def registry():
-    from .. import plugins
+#: the architecture plugins (also :data:`sesamo_bench.plugins.architectures`, where the other kinds
+#: are): declared beside the contract, because :class:`FlowSpec` finds an architecture by its name
+architectures: Registry[Architecture] = Registry("architecture", Architecture, folder="architectures",
+                                                 group="sesamo_bench.architectures")
 
-    return plugins.architectures
+
+def registry() -> Registry[Architecture]:
+    """The architecture registry (:data:`architectures`)."""
+    return architectures
 
 
 def check_params(name: str, params: dict[str, Any], *, where: str = "--set") -> dict[str, Any]:
     """Validate ``flow.<key>`` values against architecture ``name``'s schema; coerced copy."""
-    from ..registry import _coerce
-
     cls = registry().get(name)
     sch = schema(cls)
     table = f"{where}: architecture '{name}'"

@@ -23,7 +23,7 @@ from typing import Any
 
 from .architecture import FlowSpec, target_domain
 from ..errors import IncompatibleError
-from .methods import NaiveRealNVP
+from .method import NaiveRealNVP
 
 
 def architectures_for(group: str, target: Any | None = None) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,12 +25,6 @@ def log_z(log_w: Tensor) -> tuple[float, float]:
     e = ess(lw)
     err = math.sqrt(max(1.0 / e - 1.0, 0.0) / n) if e > 0 else math.inf
     return est, err
-
-
-def sample_breaking_ratio(u: Tensor, probs_nonflip: list[int]) -> float:
-    """Eq. (39) by counting: (N_+ - N_-)/(N_+ + N_-) with N_+ the draws in ``probs_nonflip``."""
-    plus = torch.isin(u, torch.tensor(probs_nonflip, device=u.device)).double().mean()
-    return float(2 * plus - 1)
 
 
 #: the smallest ESS x N at which the standard error of an importance-sampling estimate is printed
@@ -101,7 +96,7 @@ def weighted_breaking_ratio(log_w: Tensor, sign: Tensor) -> tuple[float, float]:
     return r, err
 
 
-def wasserstein_1d(a: "np.ndarray", b: "np.ndarray", *, p: int = 2) -> float:
+def wasserstein_1d(a: np.ndarray, b: np.ndarray, *, p: int = 2) -> float:
     r"""The p-Wasserstein distance of two 1-D empirical distributions through their quantile functions,
 
         W_p(A, B) = ( int_0^1 |F_A^{-1}(t) - F_B^{-1}(t)|^p dt )^{1/p},
@@ -114,8 +109,6 @@ def wasserstein_1d(a: "np.ndarray", b: "np.ndarray", *, p: int = 2) -> float:
         >>> round(wasserstein_1d(np.array([0.0, 1.0]), np.array([2.0, 3.0])), 12)
         2.0
     """
-    import numpy as np
-
     a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
     ta, tb = np.arange(1, len(a) + 1) / len(a), np.arange(1, len(b) + 1) / len(b)
     t = np.unique(np.concatenate([ta, tb]))

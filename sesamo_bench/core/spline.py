@@ -6,6 +6,7 @@ Used by the broken U(1) modulation as the learnable bijection h: [0, 1) -> [0, 1
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,19 @@ def _rqs(v: Tensor, xk: Tensor, yk: Tensor, d: Tensor, *, inverse: bool) -> tupl
     return out, ladj
 
 
+def monotonic_rqs(widths: Tensor, heights: Tensor, derivatives: Tensor, *, bound: float) -> Any:
+    r"""zuko's ``MonotonicRQSTransform`` with these unconstrained parameters (identity outside
+    [-bound, bound]).
+
+    zuko is imported here, where a spline is built, and not when this module or a spline
+    architecture is imported: importing zuko patches ``torch.distributions.Transform`` globally, and
+    discovering the plugins must leave torch as it is.
+    """
+    from zuko.transforms import MonotonicRQSTransform
+
+    return MonotonicRQSTransform(widths, heights, derivatives, bound=bound)
+
+
 def rqs_coupling(raw: Tensor, x: Tensor, *, bins: int, bound: float, inverse: bool) -> tuple[Tensor, Tensor]:
     r"""Element-wise monotone RQS on [-bound, bound], identity outside: zuko's ``MonotonicRQSTransform``.
 
@@ -112,9 +126,7 @@ def rqs_coupling(raw: Tensor, x: Tensor, *, bins: int, bound: float, inverse: bo
         >>> torch.allclose(y, x), torch.allclose(ladj, torch.zeros(3, dtype=torch.float64))
         (True, True)
     """
-    from zuko.transforms import MonotonicRQSTransform
-
-    t = MonotonicRQSTransform(raw[..., :bins], raw[..., bins:2 * bins], raw[..., 2 * bins:], bound=bound)
+    t = monotonic_rqs(raw[..., :bins], raw[..., bins:2 * bins], raw[..., 2 * bins:], bound=bound)
     if inverse:
         z = t.inv(x)
         return z, -t.call_and_ladj(z)[1]

@@ -65,8 +65,18 @@ class Target:
         raise NotImplementedError
 
     def exact_symmetries(self) -> list[tuple[str, dict[str, Any]]]:
-        """Symmetries (name, parameters with ``broken=False``) that leave the action invariant."""
-        return []
+        """Symmetries (name, parameters with ``broken=False``) that leave the action invariant.
+
+        Default: what :meth:`symmetry` declares when it declares it unbroken (a target written to
+        the earlier contract, with an unbroken ``symmetry()`` only, needs nothing more), else none.
+        """
+        try:
+            sym_name, sym_params = self.symmetry()
+        except NotImplementedError:
+            return []
+        if sym_params.get("broken", False):
+            return []
+        return [(sym_name, {**sym_params, "broken": False})]
 
     # -- references -----------------------------------------------------------------------------
     def log_z(self) -> float | None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import IncompatibleError
-from .methods import Method, Sample, Standardized
+from .method import Method, Sample, Standardized
 
 
 class VMONF(Method):

@@ -1,8 +1,11 @@
 r"""The callable that one cluster job runs: train one run into its run directory.
 
-This module imports :mod:`submitit` at the top and is only imported on the cluster path
-(``run --executor slurm`` / ``submitit-local``), so that ``pip install sesamo-bench`` works
-without the ``[slurm]`` extra.
+This module is imported on the cluster path (``run --executor slurm`` / ``submitit-local``), where
+:func:`sesamo_bench.harness.cluster.require_submitit` has already checked for :mod:`submitit` (the
+``[slurm]`` extra). It imports without submitit too (for its doctests, documentation and
+``pytest`` on an install without the extras): submitit treats any callable with a ``checkpoint``
+method as checkpointable, so :class:`RunJob` needs no submitit base class, and submitit itself is
+only used inside a running job.
 
 A :class:`RunJob` never opens the SQLite store: it writes ``config.json``, ``checkpoint.pt``,
 ``history.csv``, ``samples.npz`` and ``result.json`` under ``<store_dir>/runs/<run_id>/`` on the
@@ -22,8 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import submitit
-from submitit.helpers import Checkpointable, DelayedSubmission
+try:  # the [slurm] extra
+    import submitit
+except ImportError:  # pragma: no cover - an install without the extra never submits a job
+    submitit = None
 
 from .claim import STALE_S
 from .grid import PlannedRun
@@ -34,7 +39,7 @@ class RunFailed(RuntimeError):
     """Raised at the end of a job whose run failed, so that the scheduler marks the job failed."""
 
 
-class RunJob(Checkpointable):
+class RunJob:
     r"""One run as a submitit job.
 
     Arguments:
@@ -59,7 +64,7 @@ class RunJob(Checkpointable):
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if not cfg.threads and cpus and cpus.isdigit():
             torch.set_num_threads(int(cpus))  # torch's default counts the node's cores, not the allocation
-        env = submitit.JobEnvironment()
+        env = _submitit().JobEnvironment()
         # a requeued job may start while its predecessor (on another node) still holds the claim:
         # wait until that claim ends or goes stale
         record = execute_in_dir(self.run, self.run_dir, resume=self.resume, should_stop=lambda: False,
@@ -69,12 +74,21 @@ class RunJob(Checkpointable):
             raise RunFailed(f"run {self.run.run_id} failed: {record['error']}")
         return {k: record[k] for k in ("run_id", "status", "steps", "ess", "log_z")}
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        """Called by submitit on timeout/preemption: requeue this run, resuming from its checkpoint."""
-        return DelayedSubmission(RunJob(self.run, self.run_dir, resume=True, submission=self.submission))
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit on timeout/preemption: requeue this run, resuming from its checkpoint
+        (a ``submitit.helpers.DelayedSubmission``)."""
+        again = RunJob(self.run, self.run_dir, resume=True, submission=self.submission)
+        return _submitit().helpers.DelayedSubmission(again)
 
     def __repr__(self) -> str:
         return f"RunJob({self.run.run_id} {self.run.config.label()}, resume={self.resume})"
+
+
+def _submitit() -> Any:
+    """The :mod:`submitit` module (a job runs only where it is installed)."""
+    if submitit is None:  # pragma: no cover
+        raise ModuleNotFoundError("a cluster job needs submitit: pip install 'sesamo-bench[slurm]'")
+    return submitit
 
 
 def _log_event(kind: str, run_id: str, data: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,21 +68,24 @@ class RunConfig:
     target_params: dict[str, Any] = field(default_factory=dict)
     symmetry: str | None = None
     symmetry_params: dict[str, Any] = field(default_factory=dict)
-    # training (paper App. I)
+    # training (paper App. I). Every float has a range a run can use (a learning rate above 1
+    # or a prior variance of 1e308 diverges at the first steps; a mean of 1e3 overflows the
+    # action): checked at planning (check_hyper), subnormal values refused as well
     steps: int = hyper(1000, lo=1)
     batch_size: int = hyper(1024, lo=1)
-    lr: float = hyper(5e-4, above=0)
-    lr_breaking: float = hyper(0.0, lo=0)  # learning rate of the modulation's breaking parameters (0: same as lr)
+    lr: float = hyper(5e-4, above=0, hi=1.0)
+    # learning rate of the modulation's breaking parameters (0: same as lr)
+    lr_breaking: float = hyper(0.0, lo=0, hi=1.0)
     gamma: float = hyper(0.5, lo=0, hi=1.0)
-    penalty_a: float = hyper(1000.0, lo=0)
-    penalty_b: float = hyper(100.0, lo=0)
+    penalty_a: float = hyper(1000.0, lo=0, hi=1e6)
+    penalty_b: float = hyper(100.0, lo=0, hi=1e6)
     lr_factor: float = hyper(0.92, above=0, hi=1.0)
     lr_patience: int = hyper(2000, lo=1)
     lr_window: int = hyper(100, lo=2)
-    lr_min: float = hyper(1e-6, lo=0)
+    lr_min: float = hyper(1e-6, lo=0, hi=1.0)
     # "plateau" (paper App. I) or "cosine" (anneal to lr_min over the run)
     lr_schedule: str = hyper("plateau", choices=LR_SCHEDULES)
-    grad_clip: float = hyper(0.0, lo=0)
+    grad_clip: float = hyper(0.0, lo=0, hi=1e6)
     # evaluation and bookkeeping
     eval_every: int = hyper(100, lo=1)
     eval_samples: int = hyper(4096, lo=2)
@@ -93,9 +97,9 @@ class RunConfig:
     hidden_layers: int = hyper(4, lo=0)
     width: int = hyper(40, lo=1)
     activation: str = hyper("relu")
-    scale_bound: float = hyper(3.0, above=0)
-    prior_mean: float = hyper(0.0)
-    prior_var: float = hyper(1.0, above=0)
+    scale_bound: float = hyper(3.0, above=0, hi=10.0)
+    prior_mean: float = hyper(0.0, lo=-100.0, hi=100.0)
+    prior_var: float = hyper(1.0, above=0, hi=1e4)
     # execution
     device: str = hyper("auto", choices=DEVICES, execution=True)
     dtype: str = hyper("auto", choices=DTYPES)
@@ -173,18 +177,38 @@ def check_hyper(key: str, value: Any, where: str = "--set") -> Any:
     """Coerce ``value`` to the type of hyperparameter ``key`` and check its range."""
     if key not in HYPER:
         raise ConfigError(f"{where}: unknown key '{key}'. Allowed: {', '.join(sorted(HYPER))}")
+    rng = ""
+    if key in RANGES:
+        lo, inclusive, hi = RANGES[key]
+        rng = f"{'>=' if inclusive else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+    if isinstance(HYPER[key], float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and number != 0.0 and abs(number) < sys.float_info.min:
+            raise ConfigError(f"{where}: '{key}' must be {rng or 'a normal float'} and not subnormal "
+                              f"(|value| >= {sys.float_info.min:.3g}), got {value!r}")
     value = _coerce(value, HYPER[key], key, where)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
     if key in RANGES:
-        lo, inclusive, hi = RANGES[key]
         ok = (value >= lo if inclusive else value > lo) and (hi is None or value <= hi)
         if not ok:
-            rng = f"{'>=' if inclusive else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
             raise ConfigError(f"{where}: '{key}' must be {rng}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
     return value
+
+
+def canonical_key(key: str) -> str:
+    """The one name of a setting that has two spellings: ``target.beta`` -> ``beta``,
+    ``flow.width`` -> ``width`` (the default architecture's parameters); other keys unchanged."""
+    if key.startswith("target."):
+        return key.split(".", 1)[1]
+    if key.startswith("flow.") and key.split(".", 1)[1] in REALNVP_FIELDS:
+        return key.split(".", 1)[1]
+    return key
 
 
 def split_overrides(overrides: dict[str, Any], target_cls: type, where: str = "--set") -> tuple[dict, dict, dict]:
@@ -194,6 +218,11 @@ def split_overrides(overrides: dict[str, Any], target_cls: type, where: str = "-
     against the architecture's schema once the architecture is known)."""
     hyper, tparams, sparams = {}, {}, {}
     tschema = parameters(target_cls)
+    spelled: dict[str, str] = {}
+    for key in overrides:  # `beta` and `target.beta`, `width` and `flow.width`: one setting, given once
+        other = spelled.setdefault(canonical_key(key), key)
+        if other != key:
+            raise ConfigError(f"{where}: '{other}' and '{key}' name the same setting; give it once")
     for key, value in overrides.items():
         if key.startswith("flow."):
             hyper.setdefault("flow_params", {})[key.split(".", 1)[1]] = value

@@ -45,7 +45,8 @@ class ResumePlan:
         return self.runs
 
     def notes(self) -> list[str]:
-        out = [f"reusing finished run {rid} ({r['target']}/{r['method']}/seed{r['seed']})" for rid, r in self.reuse.items()]
+        out = [f"reusing finished run {rid} ({r['target']}/{r['method']}/seed{r['seed']})"
+               for rid, r in self.reuse.items()]
         out += [f"run {run.run_id} ({run.config.label()}) is {why}; not started again" for run, why in self.busy]
         return out
 
@@ -54,7 +55,8 @@ class ResumePlan:
 CONTINUABLE = (None, "interrupted", "running", "failed")
 
 
-def resume_plan(runs: list[PlannedRun], store: Store, *, resume: bool, busy: dict[str, str] | None = None) -> ResumePlan:
+def resume_plan(runs: list[PlannedRun], store: Store, *, resume: bool,
+                busy: dict[str, str] | None = None) -> ResumePlan:
     """The one rule of what to run, reuse or leave alone (module docstring)."""
     plan = ResumePlan()
     busy = busy or {}

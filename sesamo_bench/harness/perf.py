@@ -15,10 +15,19 @@ r"""Training-throughput benchmark (issue 6): this project's training step agains
   couplings / hidden layers / width / ReLU, fixed Gaussian base, reverse KL on the same action);
   the ratio ours / peer; the ``realnvp`` step once more with ``kernels="aten"`` (the plain PyTorch
   MLP), which separates the gain of the fused kernels from the rest, and, where the native kernels
-  run, with ``kernels="onednn"`` (``realnvp/onednn``: native against oneDNN); and the achieved FLOP rate
-  of the step as a fraction of the matmul rates;
+  run, with each fused path forced (``realnvp/onednn``, ``realnvp/native``: auto against them); and
+  the achieved FLOP rate of the step as a fraction of the matmul rates;
 - ``volume``: step time against lattice volume (complex phi^4, L x L) and Hubbard time slices Nt;
-- ``ess``: wall time until SESaMo first reaches a target ESS on the quick preset.
+- ``ess``: wall time until SESaMo first reaches a target ESS on the quick preset;
+- ``time-to-ess`` (the headline, printed first; not in ``--quick``): seconds to ESS 0.3 and 0.5 of
+  the quick preset's SESaMo on complex phi^4 8x8 and real phi^4 16x8, and to ESS 0.3 on the next
+  lattice size (16x16, 32x16), beside steps/s (:data:`TIME_TO_ESS`).
+
+Every ``throughput`` row times ``realnvp`` with ``kernels=auto`` beside each path forced
+(``realnvp_native``, ``realnvp_onednn``, ``realnvp_aten``), names what auto chose
+(``auto_kernels``, ``auto_choice``: the measured decisions) and gives auto's rate over the
+fastest forced path's (``ratio_auto_vs_fastest``). ``machine`` names the vector ISA and the native
+build (``isa``, ``native_blocking``, ``native_march``).
 
 Timings are interleaved (ours, peer, ours, ...) and summarised by the minimum and the median
 over repetitions: the minimum is the least disturbed by other processes on a shared machine.
@@ -47,7 +56,7 @@ from . import config as config_mod
 from ..core import kernels as kernels_mod
 from . import train as train_mod
 
-SECTIONS = ("matmul", "throughput", "volume", "ess", "compile")
+SECTIONS = ("time-to-ess", "matmul", "throughput", "volume", "ess", "compile")
 TARGETS = ("gaussian-mixture", "hubbard", "phi4-real", "phi4-complex")
 
 
@@ -67,7 +76,39 @@ def machine_info() -> dict[str, Any]:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "loadavg": list(load) if load else None}
+            "python": platform.python_version(), "loadavg": list(load) if load else None, **isa_info()}
+
+
+def isa_info() -> dict[str, Any]:
+    """The CPU's vector instruction set and what the native kernels were built for.
+
+    ``isa``: ``avx512`` (AVX-512F), ``avx2`` (AVX2 and FMA) or another, from the CPU's flags;
+    ``torch_cpu_capability``: what PyTorch's own kernels dispatch to; ``native_march`` and
+    ``native_blocking``: the native MLP kernels' ``-march`` and register blocking (``None`` where
+    they do not build).
+    """
+    from ..core import native
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    isa = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else (platform.machine() or "?")
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    try:
+        march = native.march()
+    except RuntimeError as exc:
+        march = str(exc)
+    return {"isa": isa, "torch_cpu_capability": capability, "native_march": march,
+            "native_blocking": native.blocking()}
 
 
 def matmul_rate(n: int = 2048, *, dtype: torch.dtype = torch.float32, reps: int = 5,
@@ -245,12 +286,18 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
     overrides = dict(overrides or {})
     fns: dict[str, Callable[[], Any]] = {}
     info: dict[str, Any] = {}
-    variants = [("sesamo", "sesamo", {}), ("realnvp", "realnvp", {}), ("realnvp_aten", "realnvp", {"kernels": "aten"})]
+    variants = [("sesamo", "sesamo", {}), ("sesamo_aten", "sesamo", {"kernels": "aten"}), ("realnvp", "realnvp", {}),
+                ("realnvp_aten", "realnvp", {"kernels": "aten"})]
     base = _cfg(target, "realnvp", preset, batch, overrides, device)
     if base.mlp_dtype not in ("auto", None):
         variants.append(("realnvp_uniform", "realnvp", {"mlp_dtype": "auto"}))
-    if kernels_mod.resolve(base.kernels, device) == "native" and kernels_mod.available():
-        variants.append(("realnvp_onednn", "realnvp", {"kernels": "onednn"}))
+    cpu = torch.device(device).type == "cpu"
+    paths = kernels_mod.candidates() if cpu else ("aten",)
+    # every forced path that runs here, beside auto: auto must be within a few % of the fastest
+    for path in ("native", "onednn"):
+        if path in paths:
+            variants.append((f"realnvp_{path}", "realnvp", {"kernels": path}))
+    kernels_mod.track()
     for key, method, extra in variants:
         cfg = _cfg(target, method, preset, batch, {**overrides, **extra}, device)
         step, model, tgt = project_step(cfg)
@@ -267,12 +314,17 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
         info["normflows"] = {"params": n_params(pmodel), "flops": mlp_flops(pmodel, cfg.batch_size),
                              "flow_dim": math.prod(tgt.shape)}
     t = time_interleaved(fns, reps=reps, device=dev)
+    auto_choice = [c.to_dict() for c in kernels_mod.tracked()]  # what auto chose in the warm-up steps
     row: dict[str, Any] = {"target": target, "preset": preset, "batch": cfg.batch_size,
+                           "auto_choice": auto_choice, "auto_kernels": kernels_mod.summary(kernels_mod.tracked())
+                           if auto_choice else ("aten" if cpu else "-"),
                            "arch": f"{cfg.couplings}x{cfg.hidden_layers}x{cfg.width}",
                            "dtype": _name(dtype), "mlp_dtype": _name(mlp_dtype), "shape": list(tgt.shape)}
     for k, v in t.items():
         # the FLOPs are the MLPs': rate of the MLPs' dtype (the peer's and realnvp_uniform's is the run's)
-        dt = _name(mlp_dtype if k in ("sesamo", "realnvp", "realnvp_aten", "realnvp_onednn") else dtype)
+        dt = _name(mlp_dtype if k in ("sesamo", "sesamo_aten", "realnvp", "realnvp_aten", "realnvp_onednn",
+                                      "realnvp_native")
+                   else dtype)
         rate = rates.get(dt)
         best = max(rate or 0.0, rates.get(f"{dt}_onednn") or 0.0) or None
         sps = 1.0 / v["min_s"]
@@ -282,8 +334,15 @@ def throughput_row(target: str, preset: str, batch: int | None, *, reps: int, de
                   "matmul_fraction": info[k]["flops"] * sps / rate if rate else None,
                   "best_matmul_fraction": info[k]["flops"] * sps / best if best else None}
     row["ratio_realnvp_vs_aten"] = row["realnvp"]["steps_per_s"] / row["realnvp_aten"]["steps_per_s"]
+    row["ratio_sesamo_vs_aten"] = row["sesamo"]["steps_per_s"] / row["sesamo_aten"]["steps_per_s"]
     if "realnvp_onednn" in row:
         row["ratio_realnvp_vs_onednn"] = row["realnvp"]["steps_per_s"] / row["realnvp_onednn"]["steps_per_s"]
+    if "realnvp_native" in row:
+        row["ratio_realnvp_vs_native"] = row["realnvp"]["steps_per_s"] / row["realnvp_native"]["steps_per_s"]
+    forced = {p: row[f"realnvp_{p}"]["steps_per_s"] for p in ("native", "onednn", "aten") if f"realnvp_{p}" in row}
+    row["fastest_path"] = max(forced, key=forced.get)
+    # auto against the fastest forced path of this run (1.0: auto took it; the issue asks >= 0.95)
+    row["ratio_auto_vs_fastest"] = row["realnvp"]["steps_per_s"] / max(forced.values())
     if peer:
         row["ratio_realnvp_vs_peer"] = row["realnvp"]["steps_per_s"] / row["normflows"]["steps_per_s"]
         row["ratio_sesamo_vs_peer"] = row["sesamo"]["steps_per_s"] / row["normflows"]["steps_per_s"]
@@ -361,6 +420,53 @@ def time_to_ess(target: str, threshold: float, *, preset: str = "quick", device:
     return out
 
 
+#: the headline of ``perf`` (section ``time-to-ess``): (target, lattice shape, thresholds) trained
+#: with the quick preset's SESaMo (its best architecture: u1-fourier, z2-fourier) for
+#: ``PerfOptions.ess_steps`` steps, and the same on the next lattice size at the first threshold
+TIME_TO_ESS = (("phi4-complex", [8, 8], (0.3, 0.5)), ("phi4-real", [16, 8], (0.3, 0.5)),
+               ("phi4-complex", [16, 16], (0.3,)), ("phi4-real", [32, 16], (0.3,)))
+
+
+def time_to_ess_row(target: str, shape: list[int], thresholds: tuple[float, ...], *, steps: int,
+                    budget_s: float, preset: str = "quick", method: str = "sesamo", device: str = "cpu",
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    r"""Train ``method`` on ``target`` of lattice ``shape`` (the ``preset``'s settings, ``steps``
+    steps) until the training evaluation's ESS first reaches each of ``thresholds``, or until
+    ``budget_s`` seconds of training; seconds and steps to each, and steps/s.
+
+    The ESS is the training evaluation's (``eval_samples`` fresh samples every ``eval_every``
+    steps); the wall time includes those evaluations, as a user's run does.
+    """
+    ov = {"shape": list(shape), "steps": steps, "final_samples": 2, "save_samples": 0, "device": device,
+          **(overrides or {})}
+    cfg = config_mod.resolve(target, method, preset=preset, overrides=ov)
+    hits: dict[float, dict[str, Any]] = {}
+    last: dict[str, Any] = {"ess": None, "step": 0, "wall_s": 0.0}
+    best = {"ess": -1.0}
+
+    def cb(row: dict[str, float]) -> None:
+        last.update(row)
+        best["ess"] = max(best["ess"], row["ess"])
+        for thr in thresholds:
+            if thr not in hits and row["ess"] >= thr:
+                hits[thr] = {"step": int(row["step"]), "wall_s": row["wall_s"], "ess": row["ess"]}
+        if len(hits) == len(thresholds) or row["wall_s"] >= budget_s:
+            raise _Reached
+
+    kernels_mod.track()
+    try:
+        train_mod.train(cfg, callback=cb)
+    except _Reached:
+        pass
+    sps = last["step"] / last["wall_s"] if last["wall_s"] else None
+    return {"target": target, "shape": list(shape), "volume": math.prod(shape), "method": method, "flow": cfg.flow,
+            "preset": preset, "batch": cfg.batch_size, "steps_setting": cfg.steps, "eval_every": cfg.eval_every,
+            "eval_samples": cfg.eval_samples, "budget_s": budget_s, "threads": torch.get_num_threads(),
+            "mlp_kernels": kernels_mod.summary(kernels_mod.tracked()) if kernels_mod.tracked() else "aten",
+            "steps_run": int(last["step"]), "wall_s": last["wall_s"], "steps_per_s": sps, "best_ess": best["ess"],
+            "thresholds": {str(thr): hits.get(thr) for thr in thresholds}}
+
+
 def compile_row(target: str, preset: str, batch: int | None, *, reps: int, device: str) -> dict[str, Any]:
     """Eager against ``compile=True`` (``torch.compile`` of ``model.sample``, as train.py does)."""
     res: dict[str, Any] = {"target": target, "preset": preset}
@@ -400,6 +506,10 @@ class PerfOptions:
     device: str = "cpu"
     peer: bool = True
     ess_max_steps: int | None = None
+    #: section ``time-to-ess``: training steps (the cosine schedule's length) and the wall-time
+    #: limit of each training, in seconds
+    ess_steps: int = 20000
+    ess_budget_s: float = 900.0
 
     @classmethod
     def quick_defaults(cls) -> PerfOptions:
@@ -409,7 +519,8 @@ class PerfOptions:
     @classmethod
     def from_options(cls, *, quick: bool = False, sections: str | None = None, targets: str | None = None,
                      presets: str | None = None, batches: str | None = None, reps: int | None = None,
-                     threads: int = 0, peer: bool = True, device: str = "cpu", out: Any = None) -> PerfOptions:
+                     threads: int = 0, peer: bool = True, device: str = "cpu", out: Any = None,
+                     ess_steps: int | None = None, ess_budget_s: float | None = None) -> PerfOptions:
         """The options of ``sesamo-bench perf`` (comma lists as typed), validated: one-line
         :class:`~sesamo_bench.errors.ConfigError` for a bad value, before anything is measured."""
         from .. import plugins
@@ -437,6 +548,17 @@ class PerfOptions:
                                   f"got {bad_batch[0] if bad_batch else batches!r}")
         if reps:
             opt.reps = reps
+        if ess_steps is not None:
+            if not 1 <= ess_steps <= 10**7:
+                raise ConfigError(f"--ess-steps must be an integer from 1 to 10000000, got {ess_steps}")
+            opt.ess_steps = ess_steps
+        if ess_budget_s is not None:
+            if not (math.isfinite(ess_budget_s) and 1 <= ess_budget_s <= 86400):
+                raise ConfigError(f"--ess-budget must be from 1 to 86400 seconds, got {ess_budget_s}")
+            opt.ess_budget_s = ess_budget_s
+        bad_sections = [s for s in opt.sections if s not in SECTIONS]
+        if bad_sections:
+            raise ConfigError(f"--sections: unknown section '{bad_sections[0]}'. Available: {', '.join(SECTIONS)}")
         if out is not None and not out.parent.is_dir():  # fail now, not after the whole benchmark
             raise ConfigError(f"--out: folder {out.parent} does not exist")
         opt.device, opt.peer, opt.threads = device, peer, threads
@@ -446,10 +568,19 @@ class PerfOptions:
 def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     r"""Run the selected sections and return the results as a JSON-ready dictionary.
 
-    Keys: ``machine``, ``options``, ``matmul`` (GFLOP/s per dtype), ``throughput`` (rows),
-    ``volume`` (rows), ``ess`` (rows), ``compile`` (rows), ``notes``.
+    Keys: ``machine``, ``options``, ``time_to_ess`` (rows), ``matmul`` (GFLOP/s per dtype),
+    ``throughput`` (rows), ``volume`` (rows), ``ess`` (rows), ``compile`` (rows), ``notes``.
+
+    On a CPU, ``kernels=auto``'s decisions are timed anew for every MLP shape measured here and
+    replace the cached ones (:func:`sesamo_bench.core.kernels.remeasure`).
     """
-    opt = options or PerfOptions()
+    try:
+        return _run_perf(options or PerfOptions(), log)
+    finally:
+        kernels_mod.remeasure(False)
+
+
+def _run_perf(opt: PerfOptions, log: Callable[[str], None] | None) -> dict[str, Any]:
     bad = [s for s in opt.sections if s not in SECTIONS]
     if bad:
         from ..errors import ConfigError
@@ -461,7 +592,10 @@ def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] |
     device = str(train_mod.resolve_device(opt.device))
     if device == "cpu":
         kernels_mod.keep_freed_memory()  # as in a training worker (sesamo_bench.harness.train.train)
-    out: dict[str, Any] = {"machine": {**machine_info(), "mlp_kernels": kernels_mod.resolve("auto", device)},
+        kernels_mod.remeasure()  # kernels=auto's decisions are timed anew here (and cached for runs)
+    out: dict[str, Any] = {"machine": {**machine_info(), "mlp_kernels": kernels_mod.resolve("auto", device),
+                                       "mlp_kernel_paths": list(kernels_mod.candidates()) if device == "cpu"
+                                       else ["aten"]},
                            "options": dataclasses.asdict(opt), "device": device, "notes": []}
     avail = _targets_available()
     targets = [t for t in opt.targets if t in avail]
@@ -505,6 +639,17 @@ def run_perf(options: PerfOptions | None = None, *, log: Callable[[str], None] |
             say(f"time to ESS >= {thr} on {t}")
             out["ess"].append(time_to_ess(t, thr, device=device, max_steps=opt.ess_max_steps,
                                           overrides={"threads": opt.threads} if opt.threads else None))
+    if "time-to-ess" in opt.sections:
+        out["time_to_ess"] = []
+        for t, shape, thresholds in TIME_TO_ESS:
+            if t not in avail:
+                out["notes"].append(f"time-to-ess: target '{t}' not available; skipped")
+                continue
+            say(f"time to ESS {', '.join(map(str, thresholds))} on {t} {'x'.join(map(str, shape))} "
+                f"(at most {opt.ess_budget_s:.0f} s)")
+            out["time_to_ess"].append(time_to_ess_row(t, shape, thresholds, steps=opt.ess_steps,
+                                                      budget_s=opt.ess_budget_s, device=device,
+                                                      overrides={"threads": opt.threads} if opt.threads else None))
     if "compile" in opt.sections and "phi4-complex" in avail:
         say("torch.compile")
         out["compile"] = [compile_row("phi4-complex", "paper", max(opt.batches), reps=opt.reps, device=device)]
@@ -517,9 +662,24 @@ def render(res: dict[str, Any]) -> str:
     from tabulate import tabulate
 
     m = res["machine"]
-    parts = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
-             f"float32 MLP kernels {m.get('mlp_kernels', '-')}, "
+    isa = (f", {m['isa']} (torch {m.get('torch_cpu_capability')}; native kernels "
+           f"{m.get('native_blocking') or 'not built'}, -march={m.get('native_march')})") if m.get("isa") else ""
+    parts = [f"machine: {m['cpu']}{isa}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+             f"float32 MLP kernels {m.get('mlp_kernels', '-')} of {'/'.join(m.get('mlp_kernel_paths') or [])}, "
              f"load average {m.get('loadavg')} -> {m.get('loadavg_end')}"]
+    if res.get("time_to_ess"):
+        rows = []
+        for r in res["time_to_ess"]:
+            hit = [f"{thr}: {h['wall_s']:.0f} s ({h['step']} steps)" if h else
+                   f"{thr}: not within {r['wall_s']:.0f} s" for thr, h in r["thresholds"].items()]
+            first = next(iter(r["thresholds"].values()))
+            rows.append([r["target"], "x".join(map(str, r["shape"])), r["flow"], r["batch"], r["steps_setting"],
+                         "; ".join(hit), f"{first['wall_s'] / r['volume']:.3f}" if first else "-",
+                         f"{r['steps_per_s']:.1f}" if r["steps_per_s"] else "-", f"{r['best_ess']:.3f}",
+                         r["mlp_kernels"]])
+        parts.append("time to ESS (headline; training evaluations' ESS, wall time including them):\n" + tabulate(
+            rows, headers=["target", "lattice", "arch", "batch", "steps", "seconds to ESS", "s/site to first",
+                           "steps/s", "best ESS", "MLP kernels"]))
     if "matmul" in res:
         g = res["matmul"]["gflops"]
         fast = f", float32 through oneDNN {g['float32_onednn']:.0f} GFLOP/s" if g.get("float32_onednn") else ""
@@ -538,18 +698,25 @@ def render(res: dict[str, Any]) -> str:
                          f"{r['ratio_realnvp_vs_peer']:.2f}{uniform}" if peer else "-",
                          f"{r['ratio_sesamo_vs_peer']:.2f}" if peer else "-",
                          f"{r['ratio_realnvp_vs_aten']:.2f}",
+                         f"{r['ratio_sesamo_vs_aten']:.2f}" if "ratio_sesamo_vs_aten" in r else "-",
                          f"{r['ratio_realnvp_vs_onednn']:.2f}" if "ratio_realnvp_vs_onednn" in r else "-",
+                         f"{r['ratio_realnvp_vs_native']:.2f}" if "ratio_realnvp_vs_native" in r else "-",
+                         f"{r['auto_kernels']} {r['ratio_auto_vs_fastest']:.2f}" if "ratio_auto_vs_fastest" in r
+                         else "-",
                          f"{r['realnvp']['samples_per_s']:.0f}",
                          _pct(r["realnvp"]["matmul_fraction"]), _pct(r["sesamo"]["matmul_fraction"]),
                          _pct(peer["matmul_fraction"]) if peer else "-",
                          _pct(r["realnvp"].get("best_matmul_fraction")), _pct(r["sesamo"].get("best_matmul_fraction"))])
         parts.append(tabulate(rows, headers=["target", "preset", "arch", "batch", "dtype", "sesamo st/s",
                                              "realnvp st/s", "normflows st/s", "realnvp/peer", "sesamo/peer",
-                                             "realnvp/aten", "realnvp/onednn", "realnvp samples/s", "realnvp %mm",
+                                             "realnvp/aten", "sesamo/aten", "realnvp/onednn", "realnvp/native",
+                                             "auto: chose, /fastest", "realnvp samples/s", "realnvp %mm",
                                              "sesamo %mm", "peer %mm", "realnvp %best", "sesamo %best"]))
         parts.append("%mm: MLP FLOP rate of the step / torch.mm rate of its dtype; %best: / the best of torch.mm "
-                     "and oneDNN; realnvp/aten: the fused kernels against kernels=aten (the plain PyTorch MLP); "
-                     "realnvp/onednn: the native kernels against oneDNN's (kernels=onednn); "
+                     "and oneDNN; realnvp/aten: kernels=auto against kernels=aten (the plain PyTorch MLP), "
+                     "sesamo/aten the same for SESaMo's step; "
+                     "realnvp/onednn, realnvp/native: kernels=auto against those paths forced; auto: the path "
+                     "kernels=auto measured fastest for the MLPs and its step rate over the fastest forced path's; "
                      "(x.xx): realnvp/peer with the MLPs in the run's dtype too, as the peer has them")
     if res.get("volume"):
         parts.append(tabulate([[r["target"], r["size"], r["components"], r["batch"], f"{r['step_ms_min']:.1f}",

@@ -21,6 +21,7 @@ adds to existing databases on open.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,10 +134,19 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         >>> s["run_id"], s["ess"], s["ess_n"], list(s) == list(JSON_FIELDS)
         ('abc', None, 12.0, True)
     """
-    from .store import clean
-
     metrics = row.get("metrics") or {}
     return clean({k: row[k] if k in row else metrics.get(k) for k in JSON_FIELDS})
+
+
+def clean(value: Any) -> Any:
+    """``value`` with NaN/Inf floats replaced by ``None`` (strict JSON), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
 
 
 def summary_line(rec: dict[str, Any]) -> str:

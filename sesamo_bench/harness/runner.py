@@ -76,6 +76,17 @@ def _static_provenance() -> dict[str, Any]:
             "python": platform.python_version(), "host": socket.gethostname()}
 
 
+def _kernel_provenance(prov: dict[str, Any], choices: list[Any]) -> None:
+    """With ``kernels=auto``: the paths the run's float32 MLPs took (``mlp_kernels``) and each
+    measured decision with its times (``mlp_kernels_choice``)."""
+    if prov.get("mlp_kernels") != "auto":
+        return
+    from ..core import kernels
+
+    prov["mlp_kernels"] = kernels.summary(choices) if choices else "aten"
+    prov["mlp_kernels_choice"] = [c.to_dict() for c in choices]
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -92,7 +103,8 @@ def provenance(run: PlannedRun) -> dict[str, Any]:
     dtype = cfg.dtype if cfg.dtype != "auto" else str(tdtype or torch.float32).replace("torch.", "")
     mlp_dtype = dtype if cfg.mlp_dtype == "auto" else cfg.mlp_dtype
     device = resolve_device(cfg.device)
-    # the fused kernels are float32 only: other MLPs run the plain PyTorch module
+    # the fused kernels are float32 only: other MLPs run the plain PyTorch module; with
+    # kernels=auto the path is measured when the MLPs first run (_kernel_provenance, after training)
     mlp_kernels = kernels.resolve(cfg.kernels, device) if mlp_dtype == "float32" else "aten"
     return {**_static_provenance(), "device": str(device), "dtype": dtype, "seed": cfg.seed,
             # the threads the run trains with (train_run sets cfg.threads after this is recorded)
@@ -232,6 +244,9 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
     result = None
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # a run's numbers must not depend on the caller's default dtype
+    from ..core import kernels
+
+    kernels.track()
     try:
         try:
             result = train(cfg, checkpoint=ckpt, resume=resume, callback=on_eval, should_stop=should_stop,
@@ -256,6 +271,7 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
                       metrics={"error": msg})
     finally:
         torch.set_default_dtype(default_dtype)
+    _kernel_provenance(prov, kernels.tracked())
     history = prior + rows
     if result is not None:
         history = result.history

@@ -26,12 +26,14 @@ import json
 import math
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import StoreError
-# the columns of table ``runs`` and those stored as JSON, declared once in the run record
-from .record import COLUMNS, JSON_COLUMNS
+# the columns of table ``runs`` and those stored as JSON, declared once in the run record; ``clean``
+# (strict JSON values) lives there too and is importable from here as before
+from .record import COLUMNS, JSON_COLUMNS, clean
 
 SCHEMA_VERSION = 1
 APPLICATION = "sesamo-bench"
@@ -50,17 +52,6 @@ def run_id(config: dict[str, Any], benchmark: str | None = None) -> str:
     d["benchmark"] = benchmark or ""
     blob = json.dumps(d, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def clean(value: Any) -> Any:
-    """``value`` with NaN/Inf floats replaced by ``None`` (strict JSON), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
 
 
 def _oserror(path: Path, exc: BaseException) -> StoreError:
@@ -229,7 +220,9 @@ class Store:
         exact = self.get(prefix)
         if exact is not None:
             return exact
-        rows = self._select("WHERE run_id LIKE ?", [prefix.replace("%", "").replace("_", "") + "%"])
+        # the prefix is text, not a LIKE pattern: its % and _ match only themselves
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._select("WHERE run_id LIKE ? ESCAPE '\\'", [pattern])
         if not rows:
             raise StoreError(f"no run '{prefix}' in {self.path}")
         if len(rows) > 1:
@@ -244,9 +237,12 @@ class Store:
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
-        return self._select(("WHERE " + " AND ".join(where)) if where else "", args)
+        return self._select(("WHERE " + " AND ".join(where)) if where else "", args, skip_incomplete=True)
 
-    def _select(self, where: str, args: list[Any]) -> list[dict[str, Any]]:
+    def _select(self, where: str, args: list[Any], *, skip_incomplete: bool = False) -> list[dict[str, Any]]:
+        """The rows, JSON columns decoded and every damaged cell (:func:`check_row`) replaced by an
+        empty value with one warning naming the run and the column; ``skip_incomplete``: rows
+        without a usable target, method or seed (which the tables group and sort by) are left out."""
         sql = f"SELECT {', '.join(COLUMNS)} FROM runs {where} ORDER BY rowid"
         try:
             rows = self._conn.execute(sql, args).fetchall()
@@ -255,16 +251,130 @@ class Store:
         out = []
         for r in rows:
             d = dict(zip(COLUMNS, r))
+            damaged = []
             for k in JSON_COLUMNS:
                 empty: Any = {} if k != "history" else []
                 try:
                     d[k] = json.loads(d[k]) if d[k] else empty
-                except (TypeError, ValueError):  # one damaged cell must not make every row unreadable
+                except (TypeError, ValueError, RecursionError):  # one damaged cell must not make every row unreadable
                     d[k] = empty
+                    damaged.append(k)
                 if not isinstance(d[k], type(empty)):
                     d[k] = empty
+                    damaged.append(k)
+            damaged += check_row(d)
+            if skip_incomplete and isinstance(d.get("run_id"), str):
+                missing = [k for k in REQUIRED_FOR_TABLES if not isinstance(d.get(k), (str, int))]
+                if missing:
+                    self._warn(d, damaged + missing, skipped=True)
+                    continue
+            if damaged:
+                self._warn(d, damaged)
+            if not isinstance(d.get("run_id"), str):
+                continue
             out.append(d)
         return out
+
+    def _warn(self, row: dict[str, Any], columns: list[str], *, skipped: bool = False) -> None:
+        """One ``warning:`` line on stderr per damaged row (once per store object)."""
+        rid = row.get("run_id") if isinstance(row.get("run_id"), str) else "?"
+        key = (rid, tuple(columns), skipped)
+        warned = self.__dict__.setdefault("_warned", set())
+        if key in warned:
+            return
+        warned.add(key)
+        what = "the run is left out" if skipped else "read as empty"
+        print(f"warning: run {rid} in {self.path}: damaged or missing {', '.join(dict.fromkeys(columns))} ({what})",
+              file=sys.stderr, flush=True)
+
+
+#: columns a row needs for the tables (``Store.runs`` leaves out rows without them)
+REQUIRED_FOR_TABLES = ("target", "method", "seed")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_measurement(m: Any) -> bool:
+    """A stored measurement (``metrics["measurements"][kind]``) that the readers can use."""
+    if not (isinstance(m, dict) and _is_num(m.get("samples")) and _is_num(m.get("seconds"))
+            and isinstance(m.get("estimates"), dict)):
+        return False
+    for e in m["estimates"].values():
+        # NaN / Inf are stored as null (strict JSON)
+        if not (isinstance(e, dict) and {"value", "error"} <= set(e) <= {"value", "error", "tau_int", "n_eff", "rhat"}
+                and all(e.get(k) is None or _is_num(e[k]) for k in e)):
+            return False
+    for key, kinds in (("exact", dict), ("cost", dict), ("settings", dict), ("autocorr", dict)):
+        if m.get(key) is not None and not isinstance(m[key], kinds):
+            return False
+    if any(v is not None and not _is_num(v) for v in (m.get("exact") or {}).values()):
+        return False
+    if any(v is not None and not _is_num(v) for v in (m.get("cost") or {}).values()):
+        return False
+    if any(not (isinstance(r, list) and all(_is_num(x) for x in r)) for r in (m.get("autocorr") or {}).values()):
+        return False
+    return m.get("acceptance") is None or _is_num(m["acceptance"])
+
+
+def check_row(row: dict[str, Any]) -> list[str]:
+    """Replace the damaged cells of a decoded store row in place; the names of those replaced.
+
+    A damaged cell is one a reader cannot use: text or bytes in a number column (``wall_s`` =
+    ``'inf'`` stored as text), bytes or a number in a text column, a ``history`` entry that is
+    not an object, a measurement without its samples, seconds or estimates, a declared metric
+    that is not a number. Each becomes ``None`` (a bad history entry or measurement is dropped).
+
+    Example:
+        >>> row = {"run_id": "abc", "wall_s": "inf", "target": b"x", "history": [1, {"step": 2}],
+        ...        "metrics": {"measurements": 3}}
+        >>> check_row(row), row["wall_s"], row["target"], row["history"], row["metrics"]
+        (['target', 'wall_s', 'metrics.measurements', 'history'], None, None, [{'step': 2}], {})
+    """
+    from .record import METRICS, RunRecord
+
+    bad = []
+    for name, sql in COLUMNS.items():
+        if name in JSON_COLUMNS or row.get(name) is None:
+            continue
+        v, kind = row[name], sql.split()[0]
+        if kind == "TEXT":
+            ok = isinstance(v, str)
+        elif kind == "INTEGER":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = _is_num(v)
+        if not ok:
+            row[name] = None
+            bad.append(name)
+        elif kind == "REAL":
+            row[name] = float(v)
+    metrics = row.get("metrics")
+    if isinstance(metrics, dict):
+        meas = metrics.get("measurements")
+        if meas is not None:
+            if not isinstance(meas, dict):
+                del metrics["measurements"]
+                bad.append("metrics.measurements")
+            else:
+                for kind in [k for k, m in meas.items() if not _is_measurement(m)]:
+                    del meas[kind]
+                    bad.append(f"metrics.measurements.{kind}")
+        hints = RunRecord.__annotations__
+        for key in METRICS:
+            v = metrics.get(key)
+            if v is None:
+                continue
+            want_bool = "bool" in str(hints.get(key, ""))
+            if not (isinstance(v, bool) if want_bool else _is_num(v)):
+                metrics[key] = None
+                bad.append(f"metrics.{key}")
+    history = row.get("history")
+    if isinstance(history, list) and not all(isinstance(h, dict) for h in history):
+        row["history"] = [h for h in history if isinstance(h, dict)]
+        bad.append("history")
+    return bad
 
 
 def _real(v: Any) -> Any:

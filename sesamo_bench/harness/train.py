@@ -130,21 +130,37 @@ def estimate_bytes(cfg: RunConfig, shape: tuple[int, ...]) -> int:
     backward pass, one evaluation chunk, the log-weights of the largest evaluation and the saved
     samples, at 8 bytes a number, plus ~4 KiB of Python objects per layer."""
     dim = math.prod(int(n) for n in shape) if shape else 1
-    w, h, c = cfg.width, cfg.hidden_layers, cfg.couplings
+    w, h, c = _sizes(cfg)
+    k = cfg.components if cfg.method == "vmonf" else 1  # a mixture of k flows
     per_mlp = (dim * w + (h - 1) * w * w + w * 2 * dim) if h > 0 else 2 * dim * dim
     params = c * (per_mlp + 2 * dim)
     per_sample = c * (h * w + 6 * dim) + 4 * dim  # activations of one sample through the flow
     train = 3 * cfg.batch_size * per_sample
     evaluation = min(16384, max(cfg.eval_samples, cfg.final_samples)) * per_sample
     weights = 4 * max(cfg.eval_samples, cfg.final_samples) + 2 * min(cfg.save_samples, cfg.final_samples) * dim
-    return 8 * (4 * params + train + evaluation + weights) + 4096 * c * (h + 3)
+    # (the mixture's batch is shared out among its components: only the weights grow with k)
+    return 8 * (k * 4 * params + train + evaluation + weights) + 4096 * k * c * (h + 3)
+
+
+def _sizes(cfg: RunConfig) -> tuple[int, int, int]:
+    """``(width, hidden_layers, couplings)`` of the run's flow: another architecture's own
+    ``flow.<key>`` of these names where it has them (``flow=lattice-affine --set flow.couplings=N``)."""
+    fp = cfg.flow_params or {}
+
+    def size(key: str) -> int:
+        v = fp.get(key, getattr(cfg, key))
+        return v if isinstance(v, int) and not isinstance(v, bool) else getattr(cfg, key)
+
+    return size("width"), size("hidden_layers"), size("couplings")
 
 
 def check_size(cfg: RunConfig, target: Target) -> None:
     """Refuse (:class:`ConfigError`, one line) a run whose sizes cannot fit in this machine's memory."""
     need, have = estimate_bytes(cfg, tuple(target.shape)), memory_limit()
     if need > have:
-        sizes = (f"width={cfg.width}, hidden_layers={cfg.hidden_layers}, couplings={cfg.couplings}, "
+        (w, h, c), mix = _sizes(cfg), (f"components={cfg.components}, " if cfg.method == "vmonf" else "")
+        flow = "" if cfg.flow == "realnvp" else f"flow={cfg.flow}, "
+        sizes = (f"{flow}{mix}width={w}, hidden_layers={h}, couplings={c}, "
                  f"batch_size={cfg.batch_size}, eval_samples={cfg.eval_samples}, final_samples={cfg.final_samples}, "
                  f"save_samples={cfg.save_samples}, field shape {tuple(target.shape)}")
         raise ConfigError(f"{cfg.target}/{cfg.method}: the run would need about {need / 2**30:.3g} GiB of memory "

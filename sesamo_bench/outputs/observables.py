@@ -33,7 +33,10 @@ def observable_rows(runs: list[dict[str, Any]], names: list[str] | None = None) 
     out = []
     for rec in runs:
         for kind, m in ((rec.get("metrics") or {}).get("measurements") or {}).items():
-            meas = Measurement(kind, m["samples"], m["seconds"], {k: Estimate(**e) for k, e in m["estimates"].items()},
+            # (Store.runs leaves out damaged measurements; NaN is stored as null)
+            ests = {k: Estimate(**{**e, **{f: math.nan for f in ("value", "error") if e.get(f) is None}})
+                    for k, e in m["estimates"].items()}
+            meas = Measurement(kind, m["samples"], m["seconds"], ests,
                                m.get("exact"), m.get("acceptance"), m.get("cost") or {}, m.get("settings") or {})
             for row in estimate_rows(meas, names):
                 out.append({"run_id": rec["run_id"], "target": rec["target"], "method": rec["method"],

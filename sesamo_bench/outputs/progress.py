@@ -7,6 +7,8 @@ calls them with events: ``start`` (a run begins), ``step`` (every few tenths of 
 
 from __future__ import annotations
 
+import io
+
 import sys
 from typing import Any
 
@@ -67,6 +69,15 @@ class RichReporter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if exc and exc[0] is not None and not self.console.is_terminal:
+            # leaving with an error: on a log or a pipe, the error's one line is all that is written
+            # (otherwise the bars' last frame came first whenever the work outlived one refresh)
+            out, self.console.file = self.console.file, io.StringIO()
+            try:
+                self.progress.stop()
+            finally:
+                self.console.file = out
+            return
         self.progress.stop()
 
     def grid(self, total: int) -> None:

@@ -19,12 +19,32 @@ import io
 import json
 import math
 import textwrap
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
+from ..core import metrics as _metrics
 from ..errors import UnknownNameError
+from . import aggregate as _aggregate, formatting as _formatting, paper as _paper
 from .aggregate import STATUSES, aggregate, params_key, params_label, shown_params
 from .formatting import FORMATS, _finite, _latex_escape, _table, format_err
+
+#: names that moved out of this module -> their module now; they import from here, with a
+#: DeprecationWarning, until 0.3.0 (CHANGELOG.md)
+MOVED_NAMES = {
+    "render_table1": _paper, "paper_table1": _paper,
+    "METHOD_LABELS": _aggregate, "METHOD_ORDER": _aggregate, "flow_label": _aggregate, "method_rank": _aggregate,
+    "parse_err": _formatting, "error_reliable": _metrics,
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = MOVED_NAMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{__name__}.{name} moved to {home.__name__}.{name}; the old path goes in 0.3.0",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(home, name)
 
 CAPTION = ("ESS, ln Z and R (breaking ratio, paper Eq. 39): mean(std) over the finished seeds, std = sample "
            "standard deviation (ddof=1) printed in the last digits; a single seed shows no uncertainty. "

@@ -120,5 +120,22 @@ def show_text(rec: dict[str, Any]) -> str:
     for title in ("metrics", "config", "provenance"):
         lines.append(f"{title}:")
         for k, v in (rec.get(title) or {}).items():
+            if k == "mlp_kernels_choice" and isinstance(v, list):  # kernels=auto's measured decisions
+                lines.append(f"  {k:<22} {len(v)} MLP shape{'s' if len(v) != 1 else ''}")
+                lines.extend(f"    {_kernel_choice_text(c)}" for c in v)
+                continue
             lines.append(f"  {k:<22} {v}")
     return "\n".join(lines)
+
+
+def _kernel_choice_text(c: Any) -> str:
+    """One decision of ``kernels=auto`` (:meth:`sesamo_bench.core.kernels.Choice.to_dict`) as a line."""
+    if not isinstance(c, dict):
+        return str(c)
+    try:
+        times = ", ".join(f"{k} {float(t):.3g} ms" for k, t in (c.get("times_ms") or {}).items())
+        sizes = "x".join(str(int(d)) for d in c.get("sizes") or [])
+        return (f"{sizes} batch {c.get('batch')} {'train' if c.get('grad') else 'infer'} {c.get('threads')} "
+                f"threads: {times or '-'} -> {c.get('path')} ({c.get('source')})")
+    except (TypeError, ValueError, AttributeError):
+        return str(c)

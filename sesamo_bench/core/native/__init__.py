@@ -2,7 +2,7 @@ r"""The native MLP kernels: ``mlp.c``, compiled on first use with the machine's 
 
 ``mlp.c`` runs the forward and backward pass of a float32 ReLU MLP with the batch cut into tiles
 that each thread carries through all layers (see its header). It is compiled once per machine with
-``cc -O3 -march=native -fopenmp`` (``$CC`` if set) into a cache folder,
+``cc -O3 -march=native -fopenmp`` (``$CC`` if set; ``$SESAMO_BENCH_MARCH`` replaces ``native``) into a cache folder,
 ``$SESAMO_BENCH_CACHE`` or ``$XDG_CACHE_HOME/sesamo-bench`` or ``~/.cache/sesamo-bench``, under a
 name that hashes the source, the compiler, the flags and the CPU, so a cluster's nodes of different
 CPUs sharing a home folder each build their own. The build takes about a second; the library runs
@@ -30,8 +30,23 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("mlp.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-VECTOR = 16  # floats per vector in mlp.c: the kept activations are padded to a multiple of it
+#: ``-march`` of the build: ``native`` unless ``$SESAMO_BENCH_MARCH`` names another (``x86-64-v3``
+#: builds the AVX2/FMA variant on an AVX-512 machine, to measure what an AVX2-only CPU gets)
+MARCH_ENV = "SESAMO_BENCH_MARCH"
+VECTOR = 16  # mlp.c's PAD: the kept activations are padded to a multiple of this many floats
+
+
+def march() -> str:
+    """The ``-march`` the kernels are built for (``native`` by default)."""
+    value = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not all(c.isalnum() or c in "-_." for c in value):
+        raise RuntimeError(f"${MARCH_ENV} must name a -march value such as native or x86-64-v3; got {value!r}")
+    return value
+
+
+def flags() -> tuple[str, ...]:
+    """The compiler flags of the build."""
+    return ("-O3", f"-march={march()}", "-fopenmp", "-shared", "-fPIC")
 
 _P = ctypes.c_void_p
 _reason: list[str] = []
@@ -73,7 +88,7 @@ def _build() -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"C compiler {cc!r} does not run: {e}") from None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *FLAGS, platform.machine(),
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *flags(), platform.machine(),
                                     _cpu_identity()]).encode()).hexdigest()[:16]
     folder = cache_dir()
     target = folder / f"mlp-{key}.so"
@@ -86,7 +101,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)  # built aside, then renamed: atomic
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([cc, *flags(), "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines() or ["(no message)"]
             first = next((ln for ln in lines if "error" in ln), lines[-1])
@@ -138,6 +153,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.sb_mlp_forward.argtypes = [ctypes.c_int64, ctypes.c_int, _P, _P, _P, _P, _P, _P, ctypes.c_int]
     lib.sb_mlp_backward.argtypes = [ctypes.c_int64, ctypes.c_int, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
     lib.sb_mlp_forward.restype = lib.sb_mlp_backward.restype = lib.sb_openmp.restype = ctypes.c_int
+    lib.sb_blocking.restype = ctypes.c_char_p
     if not lib.sb_openmp():
         raise RuntimeError("built without OpenMP (single-threaded)")
     return lib
@@ -182,6 +198,12 @@ def library() -> ctypes.CDLL | None:
     except (RuntimeError, OSError, AttributeError, subprocess.SubprocessError) as e:
         _reason.append(str(e))
         return None
+
+
+def blocking() -> str | None:
+    """The register blocking of the built kernels (``"avx512: ..."`` or ``"avx2: ..."``), or ``None``."""
+    lib = library()
+    return None if lib is None else lib.sb_blocking().decode()
 
 
 def unavailable_reason() -> str | None:

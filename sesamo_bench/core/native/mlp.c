@@ -11,11 +11,16 @@
  * by the batch alone, so the results depend neither on the number of threads nor on TILE or the
  * blocking of the products.
  *
- * Matrix products: one register-blocked micro-kernel, C[R x 16 NV] (+)= A[R x K] B[K x 16 NV],
- * with NV <= 4 vectors of 16 floats and R <= 6 rows (8 with NV <= 3), in GCC vector extensions
- * (with -march=native they become AVX-512, AVX2 or SSE instructions). Widths are padded to a
- * multiple of 16 in the tiles and the packed weights; padding columns of weights and biases are
- * zero, so padding columns of activations are zero too.
+ * Matrix products: one register-blocked micro-kernel, C[R x VL NV] (+)= A[R x K] B[K x VL NV], in
+ * GCC vector extensions of VL floats, blocked for the target's register file:
+ * - AVX-512 (32 vector registers of 16 floats): VL = 16, NV <= 4 vectors and R <= 6 rows (8 with
+ *   NV <= 3): up to 24 accumulators;
+ * - otherwise (AVX2/FMA and SSE: 16 registers; VL = 8 fills a 256-bit register): NV <= 2 and
+ *   R <= 6: 12 accumulators, 2 rows of B and one broadcast, so nothing spills. (The AVX-512
+ *   blocking compiled for AVX2 splits every vector in two and spills most accumulators: 3-5x
+ *   slower than PyTorch there.)
+ * Widths are padded to a multiple of 16 (PAD) in the tiles and the packed weights, whatever VL;
+ * padding columns of weights and biases are zero, so padding columns of activations are zero too.
  *
  * Layouts (row-major, C-contiguous): x (n, d_0); W_k (d_{k+1}, d_k) as in torch.nn.Linear;
  * b_k (d_{k+1}); out (n, d_L). The hidden activations hidden[k], k < L-1, are kept padded,
@@ -29,7 +34,20 @@
 #include <string.h>
 
 #define TILE 64 /* rows per tile: 3 tiles of width 48 fill 37 KB of a 48 KB L1 */
-#define VL 16   /* floats per vector */
+#define PAD 16  /* widths are padded to a multiple of this many floats (sesamo_bench.core.native.VECTOR) */
+#if defined(__AVX512F__)
+#define VL 16    /* floats per vector */
+#define NV_MAX 4 /* vectors per row of the micro-kernel's block */
+#define R_MAX 6  /* rows of the block at NV_MAX vectors (R_WIDE_MAX below) */
+#define R_WIDE_MAX 8
+#define SB_BLOCKING "avx512: 16-float vectors, 6x4 / 8x3 blocks"
+#else
+#define VL 8
+#define NV_MAX 2
+#define R_MAX 6
+#define R_WIDE_MAX 6
+#define SB_BLOCKING "avx2: 8-float vectors, 6x2 blocks"
+#endif
 #define SLOT_TILES (1024 / TILE) /* tiles per partial sum of the weight gradients: 1024 rows */
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
@@ -37,9 +55,16 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
 /* s in every lane, as an initialiser (the compiler keeps (vf){0} + s as an add before the broadcast) */
+#if VL == 16
 static inline vf bc(float s) { return (vf){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+#else
+static inline vf bc(float s) { return (vf){s, s, s, s, s, s, s, s}; }
+#endif
 static inline vf where_pos(vf m, vf v) { return (vf)((vi)v & (m > 0)); } /* v where m > 0, else 0 */
-static inline int64_t pad(int64_t d) { return (d + VL - 1) / VL * VL; }
+static inline int64_t pad(int64_t d) { return (d + PAD - 1) / PAD * PAD; }
+
+/* which register blocking this build has (shown in provenance and by `sesamo-bench perf`) */
+const char *sb_blocking(void) { return SB_BLOCKING; }
 
 int sb_openmp(void)
 {
@@ -58,12 +83,12 @@ static inline __attribute__((always_inline)) void micro(const int R, const int N
                                                         int64_t ar, int64_t ak, const float *B, int64_t ldb,
                                                         float *C, int64_t ldc, int init, const float *bias, int relu)
 {
-    vf c[8][4];
+    vf c[R_WIDE_MAX > R_MAX ? R_WIDE_MAX : R_MAX][NV_MAX];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < NV; v++)
             c[r][v] = init == ACCUMULATE ? ld(C + r * ldc + v * VL) : init == BIAS ? ld(bias + v * VL) : (vf){0};
     for (int64_t k = 0; k < K; k++) {
-        vf b[4];
+        vf b[NV_MAX];
         for (int v = 0; v < NV; v++)
             b[v] = ld(B + k * ldb + v * VL);
         for (int r = 0; r < R; r++) {
@@ -82,22 +107,28 @@ static inline __attribute__((always_inline)) void micro(const int R, const int N
 #define MICRO_ROWS3(R_) MICRO_CASE(R_, 1) MICRO_CASE(R_, 2) MICRO_CASE(R_, 3)
 #define MICRO_ROWS4(R_) MICRO_ROWS3(R_) MICRO_CASE(R_, 4)
 
+#define MICRO_ROWS2(R_) MICRO_CASE(R_, 1) MICRO_CASE(R_, 2)
+
 static void micro_any(int R, int NV, int64_t K, const float *A, int64_t ar, int64_t ak, const float *B,
                       int64_t ldb, float *C, int64_t ldc, int init, const float *bias, int relu)
 {
     switch (R * 8 + NV) {
+#if NV_MAX == 4
         MICRO_ROWS4(1) MICRO_ROWS4(2) MICRO_ROWS4(3) MICRO_ROWS4(4) MICRO_ROWS4(5) MICRO_ROWS4(6)
         MICRO_ROWS3(7) MICRO_ROWS3(8)
+#else
+        MICRO_ROWS2(1) MICRO_ROWS2(2) MICRO_ROWS2(3) MICRO_ROWS2(4) MICRO_ROWS2(5) MICRO_ROWS2(6)
+#endif
     }
 }
 
-/* C[m x cols] = init + A[m x K] B[K x cols] (see micro); cols a multiple of 16; A[i, k] at A + i ar + k ak. */
+/* C[m x cols] = init + A[m x K] B[K x cols] (see micro); cols a multiple of VL; A[i, k] at A + i ar + k ak. */
 static void gemm(int64_t m, int64_t cols, int64_t K, const float *A, int64_t ar, int64_t ak, const float *B,
                  int64_t ldb, float *C, int64_t ldc, int init, const float *bias, int relu)
 {
-    for (int64_t c0 = 0; c0 < cols; c0 += 4 * VL) {
-        int nv = (cols - c0) / VL < 4 ? (int)((cols - c0) / VL) : 4;
-        int rmax = nv == 4 ? 6 : 8;
+    for (int64_t c0 = 0; c0 < cols; c0 += NV_MAX * VL) {
+        int nv = (cols - c0) / VL < NV_MAX ? (int)((cols - c0) / VL) : NV_MAX;
+        int rmax = nv == NV_MAX ? R_MAX : R_WIDE_MAX;
         for (int64_t i0 = 0; i0 < m; i0 += rmax) {
             int R = m - i0 < rmax ? (int)(m - i0) : rmax;
             micro_any(R, nv, K, A + i0 * ar, ar, ak, B + c0, ldb, C + i0 * ldc + c0, ldc, init,

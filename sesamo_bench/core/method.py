@@ -1,0 +1,179 @@
+r"""The method contract: a prior, a flow and (optionally) a symmetry, sampled as a :class:`Sample`.
+
+:class:`Method` is the base class of the flow samplers the suite compares, :class:`NaiveRealNVP`
+(``realnvp``, x = g(z)) the plain one that the others build on (``equivariant`` extends it);
+:mod:`sesamo_bench.core.methods` holds the catalogue (:data:`~sesamo_bench.core.methods.METHODS`)
+and the other methods.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from .architecture import Architecture, Domain, FlowSpec
+from .flows import GaussianPrior
+from .symmetry import Symmetry
+
+
+@dataclass
+class Sample:
+    """One batch drawn from a method.
+
+    Attributes:
+        x: configurations ``(N, *shape)``.
+        log_q: ln q(x) along the sampling path ``(N,)``.
+        cell: the points the penalty is applied to ``(N, *shape)`` (``None`` without a cell).
+        u: group elements ``(N,)`` (``None`` for the naive flow).
+        log_v: ln of the sample weights of a stratified draw (the training objective weighs the
+            samples by them; ``None``: the samples are draws of q itself).
+    """
+
+    x: Tensor
+    log_q: Tensor
+    cell: Tensor | None = None
+    u: Tensor | None = None
+    log_v: Tensor | None = None
+
+
+
+class Standardized(nn.Module):
+    r"""g(z) = mean + std * f((z - mean) / std): the flow f works in units of the prior's width.
+
+    Same Jacobian determinant as f; the MLPs see unit-variance inputs and their translations are
+    measured in prior standard deviations, so a wide prior (variance 18 for the Hubbard model)
+    trains as fast as a unit one. Commutes with the linear group actions when ``mean`` is 0.
+    """
+
+    def __init__(self, flow: Architecture, *, mean: float, std: float):
+        super().__init__()
+        self.inner, self.mean, self.std = flow, float(mean), float(std)
+        self.unit = self.mean == 0.0 and self.std == 1.0
+        self.dim = flow.dim
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.unit:  # unit prior: skip two passes and their backward
+            return self.inner(z)
+        y, ladj = self.inner((z - self.mean) / self.std)
+        return self.mean + self.std * y, ladj
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.unit:
+            return self.inner.inverse(x)
+        z, ladj = self.inner.inverse((x - self.mean) / self.std)
+        return self.mean + self.std * z, ladj
+
+
+class Method(nn.Module):
+    r"""Base class: a prior, a flow and (optionally) a symmetry.
+
+    The method decides which :class:`~sesamo_bench.core.architecture.Domain` its flow acts on
+    (:meth:`flow_domain`) and builds the flow from the :class:`~sesamo_bench.core.architecture.FlowSpec`
+    it receives, so any registered architecture whose domain fits plugs into any method.
+
+    Arguments:
+        shape: field shape of the target.
+        symmetry: a bound :class:`~sesamo_bench.core.symmetry.Symmetry` (unused by ``realnvp``).
+        flow: the architecture and its parameters (default: ``realnvp`` built from ``arch``).
+        arch: ``realnvp`` keyword arguments (couplings, hidden_layers, width, activation,
+            scale_bound); used when ``flow`` is not given.
+        lattice: number of leading axes of ``shape`` that are a periodic lattice (0: none).
+        particles: ``(n, d)`` when the field is ``n`` particles in ``d`` dimensions in the
+            centre-of-mass-free coordinates of :mod:`sesamo_bench.core.particles` (``None``: not).
+        prior_mean, prior_var: the Gaussian prior's parameters.
+        kernels: the MLP kernels of the default architecture.
+    """
+
+    name: ClassVar[str] = ""
+    needs_symmetry: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+    #: the method picks its architecture unless the user names one (:meth:`default_flow`)
+    chooses_flow: ClassVar[bool] = False
+    #: the method relies on the flow commuting with its symmetry, so the flow takes its group
+    #: parameters (e.g. the order of Z_M) from it (:meth:`Architecture.fit_symmetry`)
+    equivariant: ClassVar[bool] = False
+
+    @classmethod
+    def symmetry_for(cls, target: Any) -> tuple[str, dict[str, Any]]:
+        """The symmetry (registry name, parameters) the method uses on ``target``: its declared one."""
+        return target.symmetry()
+
+    @classmethod
+    def default_flow(cls, target: Any, current: str) -> str:
+        """The architecture name to use on ``target`` when the user named none (``current``: the preset's)."""
+        return current
+
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        """Constructor keyword arguments of the method taken from the run configuration."""
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        """What the trained model says about itself, stored with the run's metrics."""
+        return {}
+
+    def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, flow: FlowSpec | None = None,
+                 arch: dict[str, Any] | None = None, lattice: int = 0, particles: tuple[int, int] | None = None,
+                 prior_mean: float = 0.0, prior_var: float = 1.0, kernels: str = "auto"):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.symmetry = symmetry
+        self.lattice = int(lattice)
+        self.particles = None if particles is None else tuple(particles)
+        spec = flow if flow is not None else FlowSpec("realnvp", dict(arch or {}), kernels=kernels)
+        self.spec = spec
+        domain = self.flow_domain(spec)
+        self.prior = GaussianPrior(domain.dim, mean=prior_mean, var=prior_var)
+        what = f"method '{self.name}'" + (f" with symmetry '{symmetry.name}'" if symmetry is not None else "")
+        relied_on = symmetry if self.equivariant else None
+        self.flow = Standardized(spec.build(domain, what=what, symmetry=relied_on), mean=prior_mean,
+                                 std=prior_var**0.5)
+
+    def flow_domain(self, spec: FlowSpec) -> Domain:
+        """The domain the flow acts on: the target's field (lattice or particle structure kept) by
+        default; R^flow_dim when the method reduces the dimension."""
+        dim = self.flow_dim()
+        if dim == math.prod(self.shape):
+            return Domain(self.shape, lattice=self.lattice, particles=self.particles)
+        return Domain((dim,))
+
+    def flow_dim(self) -> int:
+        return math.prod(self.shape)
+
+    def _field(self, y: Tensor) -> Tensor:
+        return y.reshape(y.shape[0], *self.shape)
+
+    def sample(self, n: int) -> Sample:
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact ln q(x) for configurations ``(N, *shape)``."""
+        raise NotImplementedError
+
+    def breaking_ratio(self) -> float | None:
+        return self.symmetry.breaking_ratio() if self.symmetry is not None and self.uses_modulation else None
+
+    def probabilities(self) -> list[float] | None:
+        return self.symmetry.probabilities() if self.symmetry is not None and self.uses_modulation else None
+
+    uses_modulation: ClassVar[bool] = False
+
+
+class NaiveRealNVP(Method):
+    """Plain RealNVP from a Gaussian prior; ignores the symmetry."""
+
+    name = "realnvp"
+    needs_symmetry = False
+    description = "naive RealNVP: x = g(z)"
+
+    def sample(self, n: int) -> Sample:
+        z = self.prior.sample(n)
+        x, ladj = self.flow(z)
+        return Sample(self._field(x), self.prior.log_prob(z) - ladj)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        z, ladj = self.flow.inverse(x.reshape(x.shape[0], -1))
+        return self.prior.log_prob(z) + ladj
