@@ -249,3 +249,18 @@ def test_sizes_beyond_memory_are_refused_promptly(tmp_path, args, words):
     res = invoke("run", "--target", "phi4-real", "--seeds", "0", "--preset", "smoke", *args, "--store", store)
     assert_clean_error(res, store, *words)
     assert time.monotonic() - t0 < 30
+
+
+def test_status_on_a_fifo_as_the_store_is_refused_at_once(tmp_path):
+    """Issue 30 item 5: ``status`` opened the store path to read its header, and a FIFO there waited
+    for a writer forever; it is refused in one line like the other commands refuse it."""
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    fifo = tmp_path / "results.sqlite"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-m", "sesamo_bench", "status", "--store", str(fifo)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {fifo} is not a sesamo-bench results database (not a regular file)"

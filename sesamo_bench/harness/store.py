@@ -451,10 +451,15 @@ def check_store_file(path: Path) -> None:
     try:
         if not (path.exists() or path.is_symlink()):
             return
-        with open(path, "rb") as fh:
-            head = fh.read(16) if path.is_file() else b""
+        regular = path.is_file()  # a FIFO, a device or a folder is not opened (a FIFO waits for a writer)
+        head = b""
+        if regular:
+            with open(path, "rb") as fh:
+                head = fh.read(16)
     except (OSError, RuntimeError) as exc:
         raise StoreError(f"cannot open results store {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not regular:
+        raise StoreError(f"{path} is not a sesamo-bench results database (not a regular file)")
     if head != b"SQLite format 3\x00":
         raise StoreError(f"{path} is not a sesamo-bench results database")
 
