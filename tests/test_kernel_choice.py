@@ -28,11 +28,11 @@ def _cpu_flags() -> set[str]:
 def fresh(tmp_path, monkeypatch):
     """An empty decision cache folder and no decisions in this process (restored afterwards)."""
     monkeypatch.setenv("SESAMO_BENCH_CACHE", str(tmp_path))
-    saved = [dict(d) for d in (kernels._choices, kernels._fast, kernels._keys)]
+    saved = [dict(d) for d in (kernels._choices, kernels._fast)]
     kernels.forget()
     yield tmp_path
     kernels.forget()
-    for d, old in zip((kernels._choices, kernels._fast, kernels._keys), saved):
+    for d, old in zip((kernels._choices, kernels._fast), saved):
         d.update(old)
 
 

@@ -154,13 +154,12 @@ def select(kernels: str, x: Tensor, relu: bool, sizes: tuple[int, ...]) -> str |
         return None
     if kernels == "auto":
         fast = (sizes, x.shape[0], torch.is_grad_enabled(), torch.get_num_threads())
-        path = _fast.get(fast)  # a step's MLPs look up the same few keys: skip choose()'s arithmetic
-        if path is None:
-            choice = choose(sizes, fast[1], grad=fast[2], threads=fast[3])
-            path = _fast[fast] = choice.path
-            _keys[fast] = (choice.sizes, choice.batch, choice.grad, choice.threads)
-        _used[_keys[fast]] = None
-        return None if path == "aten" else path
+        hit = _fast.get(fast)  # a step's MLPs look up the same few keys: skip choose()'s arithmetic
+        if hit is None:
+            c = choose(sizes, fast[1], grad=fast[2], threads=fast[3])
+            hit = _fast[fast] = (c.path, (c.sizes, c.batch, c.grad, c.threads))
+        _used[hit[1]] = None
+        return None if hit[0] == "aten" else hit[0]
     if kernels == "native" and native.library() is not None:
         return "native"
     return "onednn" if available() else None
@@ -214,19 +213,27 @@ class Choice:
                 "loadavg": self.loadavg}
 
     def describe(self) -> str:
-        """One line: ``1x40x40x2 batch 1024 train 2 threads: native 1.05 ms, aten 1.09 ms -> native (measured)``."""
-        times = ", ".join(f"{k} {v:.3g} ms" for k, v in self.times_ms.items())
-        return (f"{'x'.join(map(str, self.sizes))} batch {self.batch} {'train' if self.grad else 'infer'} "
-                f"{self.threads} thread{'s' if self.threads != 1 else ''}: {times or '-'} -> {self.path} "
-                f"({self.source})")
+        """One line (:func:`describe`)."""
+        return describe(self.to_dict())
+
+
+def describe(choice: dict[str, Any]) -> str:
+    """A decision as stored (:meth:`Choice.to_dict`) in one line:
+    ``1x40x40x2 batch 1024 train 2 threads: native 1.05 ms, aten 1.09 ms -> native (measured)``.
+
+    Raises ``TypeError``, ``ValueError`` or ``AttributeError`` for a dictionary that is not one."""
+    times = ", ".join(f"{k} {float(v):.3g} ms" for k, v in (choice.get("times_ms") or {}).items())
+    threads = int(choice["threads"])
+    return (f"{'x'.join(str(int(d)) for d in choice['sizes'])} batch {choice['batch']} "
+            f"{'train' if choice.get('grad') else 'infer'} {threads} thread{'s' if threads != 1 else ''}: "
+            f"{times or '-'} -> {choice['path']} ({choice.get('source')})")
 
 
 _lock = threading.Lock()
 _fresh = [False]  # remeasure(): measure even where the cache has a decision
 _choices: dict[tuple, Choice] = {}  # this process's decisions, by (sizes, batch class, grad, threads)
 _used: dict[tuple, None] = {}  # the keys looked up since :func:`track`, in order
-_fast: dict[tuple, str] = {}  # select()'s (sizes, batch, grad, threads) -> path
-_keys: dict[tuple, tuple] = {}  # select()'s key -> the decision's key
+_fast: dict[tuple, tuple[str, tuple]] = {}  # select()'s (sizes, batch, grad, threads) -> (path, decision key)
 
 
 def batch_class(n: int) -> int:
@@ -337,7 +344,6 @@ def forget() -> None:
     with _lock:
         _choices.clear()
         _fast.clear()
-        _keys.clear()
 
 
 def remeasure(on: bool = True) -> None:

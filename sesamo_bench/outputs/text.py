@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.kernels import describe as kernel_choice
+
 #: what ``sesamo-bench list`` can list
 LIST_WHAT = ("targets", "symmetries", "methods", "benchmarks", "presets", "architectures")
 
@@ -129,13 +131,8 @@ def show_text(rec: dict[str, Any]) -> str:
 
 
 def _kernel_choice_text(c: Any) -> str:
-    """One decision of ``kernels=auto`` (:meth:`sesamo_bench.core.kernels.Choice.to_dict`) as a line."""
-    if not isinstance(c, dict):
-        return str(c)
+    """One decision of ``kernels=auto`` as a line; a stored entry that is not one, as it is."""
     try:
-        times = ", ".join(f"{k} {float(t):.3g} ms" for k, t in (c.get("times_ms") or {}).items())
-        sizes = "x".join(str(int(d)) for d in c.get("sizes") or [])
-        return (f"{sizes} batch {c.get('batch')} {'train' if c.get('grad') else 'infer'} {c.get('threads')} "
-                f"threads: {times or '-'} -> {c.get('path')} ({c.get('source')})")
-    except (TypeError, ValueError, AttributeError):
+        return kernel_choice(c)
+    except (TypeError, ValueError, AttributeError, KeyError):
         return str(c)
