@@ -148,11 +148,13 @@ class Registry(Generic[T]):
         name (then its runs must not share the built-in's run ids); None otherwise."""
         items = self.items
         src = self.sources.get(name)
-        if name not in items or name not in self.builtins or src is None or src.parent == builtin_dir(self.folder):
+        if name not in items or name not in self.builtins or src is None:
             return None
         try:
+            if src.resolve().parent == builtin_dir(self.folder).resolve():  # the built-in itself
+                return None
             return hashlib.sha256(src.read_bytes()).hexdigest()
-        except OSError:
+        except (OSError, RuntimeError):
             return hashlib.sha256(repr(items[name]).encode()).hexdigest()
 
     @property

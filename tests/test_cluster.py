@@ -139,7 +139,7 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path):
 
 
 def test_failed_job_shows_log_tail(tmp_path):
-    """A job that crashes (here: its result.json cannot be written) is failed in status, collect and run.
+    """A job that crashes (here: its config.json cannot be written) is failed in status, collect and run.
 
     (A corrupt checkpoint no longer crashes a job: the run restarts from step 0, see test_faults.)"""
     from sesamo_bench.harness import grid
@@ -153,7 +153,8 @@ def test_failed_job_shows_log_tail(tmp_path):
     [run], _ = grid.plan(req)
     run_dir = tmp_path / "runs" / run.run_id
     run_dir.mkdir(parents=True)
-    (run_dir / "result.json").mkdir()  # os.replace onto a directory fails at the end of the run
+    (run_dir / "config.json").mkdir()  # os.replace onto a directory fails (a checkpoint or result in
+    # the way is removed: runner._discard)
 
     res = invoke("run", *args, "--executor", "submitit-local", "--resume", "--wait", "--store", store, "--json")
     assert res.exit_code == 1, res.stderr

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from sesamo_bench.harness import claim
 from sesamo_bench.cli import app
 from sesamo_bench.harness.store import Store
+from sesamo_bench.harness.checkpoint import state_digest
 from sesamo_bench.harness.train import CheckpointError, load_checkpoint
 
 from .test_reliability import TINY, _cli
@@ -158,6 +159,7 @@ def test_checkpoint_of_another_model_restarts(tmp_path):
     other = Path(recs[1]["run_dir"]) / "checkpoint.pt"
     state = torch.load(other, weights_only=True)
     state["model"] = {k: torch.zeros(1) for k in state["model"]}
+    state["digest"] = state_digest(state)  # a well-formed checkpoint, of another model
     torch.save(state, Path(recs[0]["run_dir"]) / "checkpoint.pt")
     res = invoke(*GRID, "--store", store, "--resume")
     assert res.exit_code == 0, res.stderr
@@ -328,8 +330,8 @@ def test_checkpoint_write_failure_leaves_no_tmp(tmp_path, monkeypatch):
     from sesamo_bench.harness import train
     from sesamo_bench.errors import StoreError
 
-    def full(obj, path, *a, **k):
-        Path(path).write_bytes(b"partial")
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(train.torch, "save", full)

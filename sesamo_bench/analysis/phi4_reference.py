@@ -20,6 +20,10 @@ Regenerate (a few CPU minutes)::
 
     nice -n 10 sesamo-bench reference phi4-real
     nice -n 10 python -m sesamo_bench.analysis.phi4_reference   # the same
+
+Both write ``./phi4_real_breaking_ratio.json`` in the current folder: the shipped file is replaced
+only when named with ``--out`` and ``--force`` (an existing ``--out`` file is never replaced without
+``--force``; the check comes before the minutes of HMC).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import platform
 import sys
 import time
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ import numpy as np
 import torch
 
 from . import autocorr
+from ..errors import UserError
 from .hmc import HMC, always_flip, global_flip
 
 DATA_FILE = "phi4_real_breaking_ratio.json"
@@ -223,28 +229,73 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m sesamo_bench.analysis.phi4_reference [--out FILE] [--chains C] [--samples N] ...``"""
     p = argparse.ArgumentParser(prog="python -m sesamo_bench.analysis.phi4_reference",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=None, help=f"output JSON (default: the package's {DATA_FILE})")
+    p.add_argument("--out", type=Path, default=None, help=f"output JSON (default: ./{DATA_FILE})")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     for k in ("chains", "samples", "burn_in", "seed"):
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=DEFAULTS[k])
     a = p.parse_args(argv)
-    write(out=a.out, chains=a.chains, samples=a.samples, burn_in=a.burn_in, seed=a.seed,
-          log=lambda m: print(m, file=sys.stderr))
+    try:
+        write(out=a.out, force=a.force, chains=a.chains, samples=a.samples, burn_in=a.burn_in, seed=a.seed,
+              log=lambda m: print(m, file=sys.stderr))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-def write(*, out: Path | None = None, log=lambda m: None, **kw: Any) -> Path:
-    """:func:`generate` and write the record (atomically) to ``out`` (default: the package's data file)."""
+def default_out() -> Path:
+    """Where :func:`write` writes without ``out``: ``./phi4_real_breaking_ratio.json`` (never the shipped file)."""
+    return Path.cwd() / DATA_FILE
+
+
+def check_out(out: Path, *, force: bool = False) -> Path:
+    """``out`` if it may be written: it does not exist, or ``force`` (then it must not be a folder);
+    else a :class:`UserError` (checked before the minutes of Monte Carlo)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"reference: --out {out} is a folder; name a file")
+    if (out.exists() or out.is_symlink()) and not force:
+        shipped = " (the reference shipped with the package)" if out.resolve() == data_path().resolve() else ""
+        raise UserError(f"reference: {out}{shipped} exists; give --force to replace it, or another --out")
+    return out
+
+
+def write_new(out: Path, text: str, *, force: bool = False) -> None:
+    """Write ``text`` to ``out`` atomically, through a fresh temporary file beside it (never a
+    planted one); without ``force`` an ``out`` that appeared meanwhile is not replaced."""
+    out = check_out(out, force=force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        if force:
+            os.replace(tmp, out)
+        else:
+            try:
+                os.link(tmp, out)  # fails where out exists: never replaced without force
+            except FileExistsError:
+                raise UserError(f"reference: {out} exists; give --force to replace it, or another --out") from None
+            except OSError:  # a filesystem without hard links
+                check_out(out)
+                os.replace(tmp, out)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def write(*, out: Path | None = None, force: bool = False, log=lambda m: None, **kw: Any) -> Path:
+    """:func:`generate` and write the record (atomically) to ``out`` (default: :func:`default_out`, in the
+    current folder); an existing ``out`` is replaced only with ``force``, and checked before generating."""
+    out = check_out(Path(out) if out is not None else default_out(), force=force)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the summation order, and so every number, independent of the machine
     try:
         rec = generate(log=log, **kw)
     finally:
         torch.set_num_threads(threads)
-    out = Path(out) if out is not None else data_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_new(out, json.dumps(rec, indent=1) + "\n", force=force)
     load.cache_clear()
     curve.cache_clear()
     log(f"wrote {out}")

@@ -93,9 +93,12 @@ def hmc_cmd(
 @app.command("reference")
 def reference_cmd(
     what: str = typer.Argument(..., help="the reference to regenerate: phi4-real, dw4 or lj13"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (phi4-real default: the file shipped with "
-                                       "the package, sesamo_bench/data/phi4_real_breaking_ratio.json; particles: "
-                                       "none, the check is printed)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output JSON (phi4-real default: "
+                                       "./phi4_real_breaking_ratio.json in the current folder; the file shipped "
+                                       "with the package is replaced only when named here, with --force; "
+                                       "particles: none, the check is printed)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out file (checked before the "
+                               "Monte Carlo starts)"),
     chains: Optional[int] = typer.Option(None, "--chains", help="independent HMC chains (default: 256 for "
                                          "phi4-real, 128 for particles)"),
     samples: Optional[int] = typer.Option(None, "--samples", help="recorded trajectories per chain (default: "
@@ -112,6 +115,8 @@ def reference_cmd(
     chains = _count(chains, "--chains", 1, 4096) if chains is not None else (128 if particles else 256)
     samples = _count(samples, "--samples", 2, 10**7) if samples is not None else (500 if particles else 8000)
     burn_in = _count(burn_in, "--burn-in", 0, 10**7) if burn_in is not None else 400
+    from ..analysis.phi4_reference import check_out, data_path, default_out, write, write_new
+
     if particles:
         import json
 
@@ -119,16 +124,21 @@ def reference_cmd(
         from ..analysis.particle_reference import format_check, mcmc_check
         from ..harness.store import clean
 
+        if out is not None:
+            check_out(out, force=force)  # before the Monte Carlo
         rep = mcmc_check(plugins.targets.create(what), chains=chains, samples=samples, burn_in=burn_in, seed=seed)
         rep.pop("samples_y")
         typer.echo(format_check(rep))
         if out is not None:
-            out.write_text(json.dumps(clean({"target": what, "seed": seed, "burn_in": burn_in, **rep}), indent=2))
+            write_new(out, json.dumps(clean({"target": what, "seed": seed, "burn_in": burn_in, **rep}), indent=2),
+                      force=force)
             typer.echo(str(out))
         return
-    from ..analysis.phi4_reference import write
-
-    path = write(out=out, chains=chains, samples=samples, burn_in=burn_in, seed=seed,
+    if out is None:
+        check_out(default_out(), force=force)  # an error is the only line
+        typer.echo(f"note: writing {default_out()} (the reference shipped with the package, {data_path()}, is "
+                   f"replaced only with --out {data_path()} --force)", err=True)
+    path = write(out=out, force=force, chains=chains, samples=samples, burn_in=burn_in, seed=seed,
                  log=lambda m: typer.echo(f"... {m}", err=True))
     typer.echo(str(path))
 

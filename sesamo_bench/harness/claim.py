@@ -103,12 +103,27 @@ def is_stale(owner: dict[str, Any]) -> bool:
     return False
 
 
+class ClaimLost(Exception):
+    """This process's claim on a run was taken over (it was stopped, e.g. by SIGSTOP, past
+    :data:`STALE_S`, and another process now trains the run): it must stop and write nothing."""
+
+    def __init__(self, run_dir: Path, owner: dict[str, Any] | None):
+        self.run_dir, self.owner = run_dir, owner or {}
+        super().__init__(f"run {run_dir.name} was taken over by pid {self.owner.get('pid')} on host "
+                         f"{self.owner.get('host')} while this process was stopped; this process leaves it")
+
+
+#: seconds between two checks of :meth:`Claim.check` (a stopped process checks at once on SIGCONT)
+CHECK_S = 1.0
+
+
 class Claim:
     """A held claim; :meth:`release` (or leaving the ``with`` block) gives it up."""
 
     def __init__(self, run_dir: Path, token: str):
         self.run_dir, self.token = run_dir, token
         self.path = run_dir / CLAIM
+        self._checked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"claim-{run_dir.name}", daemon=True)
         self._thread.start()
@@ -122,6 +137,17 @@ class Claim:
     def owned(self) -> bool:
         owner = _read(self.path)
         return bool(owner) and owner.get("token") == self.token
+
+    def check(self, *, now: bool = False) -> bool:
+        r"""Raise :class:`ClaimLost` if the claim is no longer this process's (read at most every
+        :data:`CHECK_S` seconds, or at once with ``now``); else return False, so that it can be
+        chained with a stop flag: ``claim.check() or should_stop()``."""
+        t = time.monotonic()
+        if now or t - self._checked >= CHECK_S:
+            self._checked = t
+            if not self.owned():
+                raise ClaimLost(self.run_dir, _read(self.path))
+        return False
 
     def release(self) -> None:
         self._stop.set()

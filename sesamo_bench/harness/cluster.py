@@ -28,6 +28,7 @@ import logging
 import re
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -92,7 +93,7 @@ class SlurmSettings:
             if key == "sbatch":
                 if not isinstance(value, dict):
                     raise ConfigError(f"{where}: 'sbatch' must be a table of sbatch options, got {value!r}")
-                out.sbatch = {k: check_sbatch(k, v, f"{where[:-1]}.sbatch]") for k, v in value.items()}
+                out.sbatch = sbatch_options(value, f"{where[:-1]}.sbatch]")
             else:
                 setattr(out, key, check_setting(key, value, where))
         return out
@@ -143,12 +144,55 @@ def check_setting(key: str, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unknown key '{key}'")
 
 
+#: sbatch options that ``--slurm-sbatch`` and ``[executor.slurm.sbatch]`` may set: where and when a
+#: job is scheduled, and who is told. Options that change what the job runs, where it writes or what
+#: it inherits (``export``, ``chdir``, ``wrap``, ``output``, ``error``, ``get-user-env``, ``array``,
+#: ``signal``, ...) are refused: submitit and the suite set those
+SBATCH_KEYS = ("account", "begin", "comment", "constraint", "cores-per-socket", "cpus-per-gpu", "deadline",
+               "dependency", "exclude", "exclusive", "gpus-per-task", "gres", "gres-flags", "hint", "job-name",
+               "licenses", "mail-type", "mail-user", "mem-per-cpu", "mem-per-gpu", "nice", "nodelist", "qos",
+               "reservation", "sockets-per-node", "switches", "threads-per-core", "time-min", "tmp", "wckey")
+#: sbatch options with a setting of their own (``--slurm-<name>``, ``[executor.slurm] <name>``)
+_SBATCH_SETTINGS = {"partition": "partition", "time": "time", "mem": "mem", "cpus-per-task": "cpus",
+                    "gpus-per-node": "gpus", "gpus": "gpus"}
+#: the characters of an sbatch value: no spaces, quotes, '=', '$', newlines (which would add options or
+#: lines to the job script)
+_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.:@%/+,&|*\[\]][A-Za-z0-9_.:@%/+,&|*\[\]-]*")
+
+
 def check_sbatch(key: str, value: Any, where: str) -> str:
+    """The value of sbatch option ``key`` as a string, if ``key`` is one of :data:`SBATCH_KEYS` and the
+    value cannot add options to the job script; else a :class:`ConfigError` naming the key."""
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
         raise ConfigError(f"{where}: '{key}' is not an sbatch option name (expected e.g. account, qos, constraint)")
+    name = key.lower().replace("_", "-")
+    if name in _SBATCH_SETTINGS:
+        s = _SBATCH_SETTINGS[name]
+        raise ConfigError(f"{where}: sbatch option '{key}' is set with --slurm-{s} or [executor.slurm] {s}")
+    if name not in SBATCH_KEYS:
+        raise ConfigError(f"{where}: sbatch option '{key}' is not allowed (only options that choose where and when "
+                          f"a job runs are). Allowed: {', '.join(SBATCH_KEYS)}")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(f"{where}: sbatch option '{key}' must be a string or a number, got {value!r}")
-    return str(value)
+    text = str(value)
+    if len(text) > 256 or not _SBATCH_VALUE.fullmatch(text):
+        raise ConfigError(f"{where}: sbatch option '{key}': value {text!r} is refused; a value is letters, digits "
+                          f"and _ . : @ % / + , & | * [ ] - (no spaces, quotes, '=' or newlines; not starting "
+                          f"with '-'; at most 256 characters)")
+    return text
+
+
+def sbatch_options(table: dict[str, Any], where: str) -> dict[str, str]:
+    """Checked sbatch options (:func:`check_sbatch`), keys spelled as sbatch does (``mail_type`` ->
+    ``mail-type``); the same option given in two spellings is an error."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        text = check_sbatch(key, value, where)
+        name = key.lower().replace("_", "-")
+        if name in out:
+            raise ConfigError(f"{where}: sbatch option '{name}' given twice; give it once")
+        out[name] = text
+    return out
 
 
 def cli_settings(*, partition: str | None, gpus: int | None, cpus: int | None, mem: str | None,
@@ -162,7 +206,7 @@ def cli_settings(*, partition: str | None, gpus: int | None, cpus: int | None, m
                             ("time", time_min, "--slurm-time")):
         if value is not None:
             setattr(s, key, check_setting(key, value, opt))
-    s.sbatch = {k: check_sbatch(k, v, "--slurm-sbatch") for k, v in parse_assignments(sbatch, "--slurm-sbatch").items()}
+    s.sbatch = sbatch_options(parse_assignments(sbatch, "--slurm-sbatch"), "--slurm-sbatch")
     return s
 
 
@@ -326,9 +370,68 @@ def check_manifest(m: Any, path: Path) -> dict[str, Any]:
     return m
 
 
+class _Outside(Exception):
+    """A path of a manifest that leads out of the store's folder (the reason)."""
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def confine_manifest(m: dict[str, Any], path: Path, store_dir: Path) -> str | None:
+    r"""Check that every path of manifest ``m`` (at ``path``) stays in the store's folder, and replace
+    each by its resolved form; the reason it does not, else ``None``.
+
+    ``folder`` must be the manifest's own folder ``<store_dir>/jobs/<x>``, each ``run_dir`` the
+    run's directory ``<store_dir>/runs/<run_id>``, each ``stdout`` / ``stderr`` a file in
+    ``folder``: after following symlinks and ``..``. A relative path is taken from the store's
+    folder; an absolute one under the folder the manifest was written in (its ``store``) is moved
+    into this one, so that a copied or moved store keeps its manifests.
+    """
+    store_dir = store_dir.resolve()
+    jobs, runs = store_dir / "jobs", store_dir / "runs"
+    origin = Path(m["store"]).parent if isinstance(m.get("store"), str) and Path(m["store"]).is_absolute() else None
+
+    def place(value: str, what: str, root: Path) -> Path:
+        p = Path(value)
+        if not p.is_absolute():
+            p = store_dir / p
+        elif origin is not None and not _inside(p, store_dir) and _inside(p, origin):
+            p = store_dir / p.relative_to(origin)
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+            raise _Outside(f"{what} {value!r} cannot be resolved ({exc})") from None
+        if not _inside(real, root) or real == root:
+            raise _Outside(f"{what} {value!r} leads outside {root}")
+        return real
+
+    try:
+        own = path.parent.resolve()
+        if not _inside(own, jobs) or own == jobs:
+            raise _Outside(f"its folder {path.parent} leads outside {jobs}")
+        folder = place(m["folder"], "'folder'", jobs)
+        if folder != own:
+            raise _Outside(f"'folder' {m['folder']!r} is not the manifest's own folder {path.parent}")
+        fixed = []
+        for i, e in enumerate(m["jobs"]):
+            run_dir = place(e["run_dir"], f"jobs[{i}].run_dir", runs)
+            if run_dir != (runs / e["run_id"]).resolve():
+                raise _Outside(f"jobs[{i}].run_dir {e['run_dir']!r} is not the directory of run {e['run_id']}")
+            logs = {k: str(place(e[k], f"jobs[{i}].{k}", folder)) for k in ("stdout", "stderr")}
+            fixed.append({**e, "run_dir": str(run_dir), **logs})
+    except _Outside as exc:
+        return str(exc)
+    m["folder"], m["jobs"] = str(folder), fixed
+    return None
+
+
 def manifests(store_dir: Path) -> list[dict[str, Any]]:
-    """Every submission's manifest under ``<store_dir>/jobs``, oldest first (each checked)."""
+    """Every submission's manifest under ``<store_dir>/jobs``, oldest first (each checked). A
+    manifest with a path outside the store's folder (:func:`confine_manifest`) is left out with one
+    ``warning:`` line naming it: its logs are not read and its results not collected."""
     out = []
+    store_dir = store_dir.resolve()
     jobs = store_dir / "jobs"
     if not jobs.is_dir():
         return []
@@ -337,7 +440,11 @@ def manifests(store_dir: Path) -> list[dict[str, Any]]:
             m = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read job manifest {path}: {exc}") from None
-        out.append(check_manifest(m, path))
+        why = confine_manifest(check_manifest(m, path), path, store_dir)
+        if why is not None:
+            print(f"warning: job manifest {path} refused: {why}; its jobs are left out", file=sys.stderr, flush=True)
+            continue
+        out.append(m)
     return sorted(out, key=lambda m: (str(m.get("created", "")), m["submission"]))
 
 
@@ -462,10 +569,14 @@ def _own_result(entry: dict[str, Any], submission: str) -> dict[str, Any] | None
     """``result.json`` of the run if this job (not an earlier or a local run) wrote it."""
     path = Path(entry["run_dir"]) / "result.json"
     try:
+        if not path.is_file():  # a FIFO would block
+            return None
         res = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    prov = res.get("provenance") or {}
+    prov = res.get("provenance") if isinstance(res, dict) else None
+    if not isinstance(prov, dict) or res.get("run_id") != entry["run_id"]:
+        return None
     if (str(prov.get("job_id")), prov.get("submission")) != (entry["job_id"], submission):
         return None
     return res if res.get("status") in ("finished", "diverged", "failed", "interrupted") else None
@@ -482,9 +593,14 @@ def _controller_alive(job_id: str) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"submitit" in cmdline
 
 
-def _tail(path: Path, n: int) -> str:
+def _tail(path: Path, n: int, max_bytes: int = 1 << 16) -> str:
+    """The last ``n`` lines of a log (of its last ``max_bytes``); "" unless it is a regular file."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()
+        if not path.is_file():  # a FIFO or a device would block or never end
+            return ""
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - max_bytes))
+            lines = fh.read(max_bytes).decode("utf-8", errors="replace").rstrip().splitlines()
     except OSError:
         return ""
     return "\n".join(lines[-n:])
@@ -516,6 +632,7 @@ def collect(store: Store, *, run_ids: set[str] | None = None, statuses: list[Job
         e = st.entry
         if st.result is not None:
             rec = dict(st.result)
+            rec["run_dir"] = e["run_dir"]  # the checked directory, not what the run's file says
             rec["history"] = read_history_csv(Path(e["run_dir"]) / "history.csv")
         elif st.state == "failed":
             reason = st.detail or "the job failed"

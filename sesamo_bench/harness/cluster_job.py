@@ -30,7 +30,7 @@ try:  # the [slurm] extra
 except ImportError:  # pragma: no cover - an install without the extra never submits a job
     submitit = None
 
-from .claim import STALE_S
+from .claim import STALE_S, ClaimLost
 from .grid import PlannedRun
 from .record import summary_line
 
@@ -67,9 +67,15 @@ class RunJob:
         env = _submitit().JobEnvironment()
         # a requeued job may start while its predecessor (on another node) still holds the claim:
         # wait until that claim ends or goes stale
-        record = execute_in_dir(self.run, self.run_dir, resume=self.resume, should_stop=lambda: False,
-                                emit=_log_event, extra_provenance={"job_id": env.job_id, "submission": self.submission,
-                                                  "cluster": env.cluster}, claim_wait_s=STALE_S + 30)
+        try:
+            record = execute_in_dir(self.run, self.run_dir, resume=self.resume, should_stop=lambda: False,
+                                    emit=_log_event, extra_provenance={"job_id": env.job_id,
+                                                                       "submission": self.submission,
+                                                                       "cluster": env.cluster},
+                                    claim_wait_s=STALE_S + 30)
+        except ClaimLost as exc:  # stopped past the stale time: the job that took the run over finishes it
+            print(f"note: {exc}", file=sys.stderr, flush=True)
+            return {"run_id": self.run.run_id, "status": "taken-over", "steps": None, "ess": None, "log_z": None}
         if record["status"] == "failed":
             raise RunFailed(f"run {self.run.run_id} failed: {record['error']}")
         return {k: record[k] for k in ("run_id", "status", "steps", "ess", "log_z")}

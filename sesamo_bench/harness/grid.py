@@ -195,11 +195,17 @@ SEED_LIMIT = 2**32
 
 
 def plugin_sources(cfg: RunConfig, target: Any) -> dict[str, str]:
-    """``{"target:<name>": sha256, "symmetry:<name>": sha256}`` of the plugins of a run that shadow
-    a built-in plugin of the same name (empty when the built-ins are used: their run ids stay)."""
+    """``{"target:<name>": sha256, "symmetry:<name>": sha256, "architecture:<name>": sha256}`` of the
+    plugins of a run (its target, its symmetry, the one its method uses, its flow's architecture) that
+    shadow a built-in plugin of the same name (empty when the built-ins are used: their run ids stay)."""
     out = {}
-    sym = cfg.symmetry or target.symmetry()[0]
-    for kind, registry, name in (("target", plugins.targets, cfg.target), ("symmetry", plugins.symmetries, sym)):
+    syms = [cfg.symmetry or target.symmetry()[0]]
+    if not cfg.symmetry:  # e.g. equivariant: the target's largest exact symmetry
+        syms.append(method_class(cfg.method).symmetry_for(target)[0])
+    used = [("target", plugins.targets, cfg.target),
+            *(("symmetry", plugins.symmetries, s) for s in dict.fromkeys(syms)),
+            ("architecture", plugins.architectures, cfg.flow)]
+    for kind, registry, name in used:
         digest = registry.shadow_digest(name)
         if digest is not None:
             out[f"{kind}:{name}"] = digest

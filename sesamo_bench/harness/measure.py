@@ -222,6 +222,9 @@ def load_trained(record: dict[str, Any], *, device: str = "cpu") -> tuple[Target
 
     if record.get("status") != "finished":
         raise ConfigError(f"run {record['run_id']} is {record.get('status')}, not finished: nothing to measure")
+    if not isinstance(record.get("run_dir"), str) or not record["run_dir"]:
+        raise StoreError(f"run {record['run_id']} has no run directory in its store's folder (see the warning "
+                         f"above): nothing to measure")
     ckpt = Path(record["run_dir"]) / "checkpoint.pt"
     cfg = dataclasses.replace(RunConfig.from_dict(record["config"]), device=device)
     target, model, dev, _ = build(cfg)
@@ -254,9 +257,19 @@ def hmc_record(target: Target, m: Measurement, *, benchmark: str | None = None) 
     from .runner import _static_provenance
     from .store import run_id
 
+    from .. import plugins
+
     settings = {k: m.settings[k] for k in ("chains", "global_moves", "n_leapfrog", "burn_in", "thin", "seed")}
     config = {"target": target.name, "method": "hmc", "seed": settings["seed"], "target_params": target.params(),
               "samples": m.samples, **settings}
+    # a target (or, with global moves, a symmetry) plugin in place of a built-in of the same name: its own
+    # row (the built-ins' ids are unchanged)
+    used = [("target", plugins.targets, target.name)]
+    if settings["global_moves"]:
+        used.append(("symmetry", plugins.symmetries, target.symmetry()[0]))
+    shadow = {f"{kind}:{name}": d for kind, reg, name in used if (d := reg.shadow_digest(name)) is not None}
+    if shadow:
+        config["plugin_sources"] = shadow
     rid = run_id(config, benchmark)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     return attach({

@@ -66,6 +66,8 @@ class RunRecord:
     metrics: dict = column("TEXT", encoded=True, default={})
     #: the evaluations during training (step, wall time, ESS, loss, ...)
     history: list = column("TEXT", encoded=True, default=[])
+    #: stored relative to the store's folder (``runs/<run_id>``), read back as an absolute path inside it
+    #: (``None`` where it would lead outside: Store._confine_run_dir)
     run_dir: str | None = column("TEXT", json=True)
     started: str | None = column("TEXT")
     finished: str | None = column("TEXT")

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .claim import Busy, acquire
+from .checkpoint import is_temporary
+from .claim import Busy, Claim, ClaimLost, acquire
 from ..errors import DivergedError, StoreError
 from .grid import PlannedRun
 from .store import Store, write_history_csv, write_json, write_samples
@@ -131,9 +132,9 @@ def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Cal
         try:
             return execute_in_dir(run, store.runs_dir / run.run_id, resume=resume, should_stop=should_stop,
                                   emit=emit, put=store.put)
-        except Busy as exc:
-            emit("note", run.run_id, {"message": f"skipping {run.config.label()} [{run.run_id}]: {exc}; "
-                                                 f"rerun with --resume once it has ended"})
+        except (Busy, ClaimLost) as exc:
+            then = "rerun with --resume once it has ended" if isinstance(exc, Busy) else "the other process finishes it"
+            emit("note", run.run_id, {"message": f"skipping {run.config.label()} [{run.run_id}]: {exc}; {then}"})
             row = store.get(run.run_id)
             return row if row is not None else {**_bare_record(run, store.runs_dir / run.run_id),
                                                 "status": "running", "error": str(exc)}
@@ -173,21 +174,43 @@ def execute_in_dir(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop:
 
     Raises:
         Busy: another live process holds the run's claim.
+        ClaimLost: the claim was taken over while this process was stopped (SIGSTOP past the
+            claim's stale time); the other process trains the run, this one wrote nothing since.
     """
-    with acquire(run_dir, wait_s=claim_wait_s):
+    with acquire(run_dir, wait_s=claim_wait_s) as claim:
         return _execute_claimed(run, run_dir, resume=resume, should_stop=should_stop, emit=emit, put=put,
-                                extra_provenance=extra_provenance)
+                                extra_provenance=extra_provenance, claim=claim)
 
 
 def _discard(run_dir: Path) -> None:
-    for name in ("checkpoint.pt", "checkpoint.tmp", "samples.npz", "result.json", "history.csv"):
+    """Remove a run directory's training files; whatever is in their place (a directory, a
+    symbolic link) is removed too, never followed."""
+    import shutil
+
+    names = ["checkpoint.pt", "samples.npz", "result.json", "history.csv"]
+    with contextlib.suppress(OSError):
+        names += [p.name for p in run_dir.iterdir() if is_temporary(p.name)]
+    for name in names:
+        path = run_dir / name
         with contextlib.suppress(OSError):
-            (run_dir / name).unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def _last_checkpoint_step(ckpt: Path, default: int) -> int:
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return int(load_checkpoint(ckpt)["step"])
+    except (CheckpointError, OSError):
+        return default
 
 
 def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop: Callable[[], bool], emit: Emit,
                      put: Callable[[dict[str, Any]], None] | None,
-                     extra_provenance: dict[str, Any] | None) -> dict[str, Any]:
+                     extra_provenance: dict[str, Any] | None, claim: Claim) -> dict[str, Any]:
     import torch
 
     from .train import CheckpointError, Interrupted, load_checkpoint, train
@@ -240,6 +263,9 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
             last[0] = now
             emit("step", run.run_id, {"step": step, "loss": loss})
 
+    def stop() -> bool:  # a lost claim raises ClaimLost: nothing more is written
+        return claim.check() or should_stop()
+
     t0 = time.perf_counter()
     result = None
     default_dtype = torch.get_default_dtype()
@@ -249,21 +275,32 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
     kernels.track()
     try:
         try:
-            result = train(cfg, checkpoint=ckpt, resume=resume, callback=on_eval, should_stop=should_stop,
+            result = train(cfg, checkpoint=ckpt, resume=resume, callback=on_eval, should_stop=stop,
                            progress=on_step)
         except CheckpointError as exc:  # loaded, but does not fit the model: start again from step 0
             emit("note", run.run_id, {"message": f"{cfg.label()} [{run.run_id}]: {exc}; restarting from step 0"})
             prov.update(checkpoint_discarded=str(exc), resumed_from_step=None)
             _discard(run_dir)
             prior, prior_wall, start_step, rows[:] = [], 0.0, 0, []
-            result = train(cfg, checkpoint=ckpt, resume=False, callback=on_eval, should_stop=should_stop,
+            result = train(cfg, checkpoint=ckpt, resume=False, callback=on_eval, should_stop=stop,
                            progress=on_step)
     except DivergedError as exc:
         record.update(status="diverged", steps=exc.step, error=str(exc),
                       metrics={"diverged_step": exc.step, "diverged_what": exc.what})
     except Interrupted as exc:
         record.update(status="interrupted", steps=exc.step, metrics={"interrupted_step": exc.step})
-    except StoreError:
+    except (StoreError, ClaimLost):
+        raise
+    except KeyboardInterrupt:  # a second SIGINT/SIGTERM (ForcedStop), or Ctrl-C in a library call:
+        # record where the run stands (its last checkpoint), then leave at once
+        torch.set_default_dtype(default_dtype)
+        claim.check(now=True)
+        step = _last_checkpoint_step(ckpt, start_step)
+        record.update(status="interrupted", steps=step, metrics={"interrupted_step": step},
+                      wall_s=prior_wall + time.perf_counter() - t0, history=prior + rows, finished=_now())
+        write_json(run_dir / "result.json", {k: v for k, v in record.items() if k != "history"})
+        if put is not None:
+            put(record)
         raise
     except Exception as exc:  # noqa: BLE001 - a failing run is recorded, the grid goes on
         msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
@@ -271,6 +308,7 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
                       metrics={"error": msg})
     finally:
         torch.set_default_dtype(default_dtype)
+    claim.check(now=True)  # a process that lost its claim while stopped writes no result
     _kernel_provenance(prov, kernels.tracked())
     history = prior + rows
     if result is not None:

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import secrets
 import sqlite3
 import sys
 from pathlib import Path
@@ -199,6 +200,8 @@ class Store:
         unknown = set(record) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown store columns: {sorted(unknown)}")
+        if isinstance(record.get("run_dir"), str) and record["run_dir"]:
+            record = {**record, "run_dir": self._relative(record["run_dir"])}
         row = {k: (json.dumps(clean(v)) if k in JSON_COLUMNS else _real(v)) for k, v in record.items()}
         keys = list(row)
         sets = ", ".join(f"{k}=excluded.{k}" for k in keys if k != "run_id") or "run_id=run_id"
@@ -263,6 +266,7 @@ class Store:
                     d[k] = empty
                     damaged.append(k)
             damaged += check_row(d)
+            self._confine_run_dir(d)
             if skip_incomplete and isinstance(d.get("run_id"), str):
                 missing = [k for k in REQUIRED_FOR_TABLES if not isinstance(d.get(k), (str, int))]
                 if missing:
@@ -274,6 +278,58 @@ class Store:
                 continue
             out.append(d)
         return out
+
+    # -- run directories: stored relative to the store's folder, never read outside it ------------
+    @property
+    def folder(self) -> Path:
+        """The store's folder (resolved): the database, ``runs/`` and ``jobs/`` are in it."""
+        return self.runs_dir.parent
+
+    def _relative(self, run_dir: str) -> str:
+        """``run_dir`` relative to the store's folder (``runs/<run_id>``) when it lies in it, so that
+        a copied or moved store finds its own run directories; otherwise unchanged."""
+        p = Path(run_dir)
+        if not p.is_absolute():
+            return run_dir
+        for cand in (Path(os.path.normpath(p)), p.resolve()):
+            try:
+                return cand.relative_to(self.folder).as_posix()
+            except ValueError:
+                continue
+        return run_dir
+
+    def _confine_run_dir(self, row: dict[str, Any]) -> None:
+        """Resolve ``row["run_dir"]`` against the store's folder, in place. A relative one (what
+        :meth:`put` stores) is taken from the folder; an old absolute one is kept if it lies in the folder and
+        otherwise, when it names the run (``.../runs/<run_id>``, a store copied or moved elsewhere),
+        replaced by this store's ``runs/<run_id>``. A run directory that still leads outside the
+        folder (``..``, a symlink, another absolute path) is read as ``None`` with one warning, so that
+        no command reads or writes there."""
+        value = row.get("run_dir")
+        if not isinstance(value, str) or not value:
+            return
+        folder = self.folder
+        rid = row.get("run_id")
+        try:
+            p = Path(value)
+            real = (p if p.is_absolute() else folder / p).resolve()
+            if real != folder and folder in real.parents:
+                row["run_dir"] = str(real)
+                return
+            if p.is_absolute() and isinstance(rid, str) and p.name == rid:
+                own = (self.runs_dir / rid).resolve()
+                if self.runs_dir in own.parents:
+                    row["run_dir"] = str(own)
+                    return
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+            pass
+        row["run_dir"] = None
+        key = (rid if isinstance(rid, str) else "?", "run_dir outside")
+        warned = self.__dict__.setdefault("_warned", set())
+        if key not in warned:
+            warned.add(key)
+            print(f"warning: run {key[0]} in {self.path}: its run_dir {value!r} leads outside the store's folder "
+                  f"{folder}; ignored (read as empty)", file=sys.stderr, flush=True)
 
     def _warn(self, row: dict[str, Any], columns: list[str], *, skipped: bool = False) -> None:
         """One ``warning:`` line on stderr per damaged row (once per store object)."""
@@ -386,10 +442,13 @@ def _real(v: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``; OSError -> StoreError."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a fresh random name, created exclusively and never through a link: a planted file or
+    # symbolic link of a predictable name is neither followed nor overwritten
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -421,7 +480,7 @@ def write_history_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def read_history_csv(path: Path) -> list[dict[str, Any]]:
     """The rows of a ``history.csv`` (numbers parsed back exactly; empty cells left out); ``[]`` if missing."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""  # not a FIFO
     except OSError:
         return []
     return [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]

@@ -25,6 +25,9 @@ from torch import Tensor
 
 from ..core import kernels, metrics
 from .. import plugins
+from .checkpoint import CheckpointError, check_fits, load_checkpoint, save_checkpoint
+# the checkpoint's names lived here before harness.checkpoint (kept for callers of 0.2)
+from .checkpoint import CHECKPOINT_KEYS as CHECKPOINT_KEYS, plain as plain
 from .config import RunConfig
 from .record import METRICS
 from ..errors import ConfigError, DivergedError, IncompatibleError
@@ -34,11 +37,6 @@ from ..core.architecture import target_domain
 from ..core.methods import Method, method_class
 from ..core.symmetry import Symmetry
 from ..core.target import Target
-
-
-class CheckpointError(Exception):
-    """``checkpoint.pt`` cannot be used: unreadable, truncated, not a sesamo-bench checkpoint or
-    holding something other than tensors and plain values (it is never unpickled as objects)."""
 
 
 class Interrupted(Exception):
@@ -290,13 +288,15 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
 
 
 @torch.no_grad()
-def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16384) -> dict[str, Any]:
+def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16384,
+            should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     r"""The target mass where the model has no support (ln q = -inf), from ``n`` reference samples of p.
 
     The samples come from :meth:`Target.reference_samples` (exact draws or the suite's HMC) with
     their own generator, so the run's random stream is untouched. Returns the metrics
     ``support_missing``, ``support_missing_err`` (binomial), ``support_missing_count`` and
     ``support_reference_n``; all ``None`` where the target has no reference samples.
+    ``should_stop`` is polled before every chunk (:class:`EvaluationStopped`, as in :func:`evaluate`).
     """
     gen = torch.Generator().manual_seed(10007 * seed + 1)
     ref = target.reference_samples(n, generator=gen)
@@ -306,9 +306,15 @@ def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16
     p = next(model.parameters())
     was = model.training
     model.eval()
-    lq = torch.cat([model.log_prob(ref[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu()
-                    for i in range(0, ref.shape[0], chunk)])
-    model.train(was)
+    parts = []
+    try:
+        for i in range(0, ref.shape[0], chunk):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped()
+            parts.append(model.log_prob(ref[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu())
+    finally:
+        model.train(was)
+    lq = torch.cat(parts)
     mass, err, count = metrics.missing_support(lq)
     return {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
             "support_reference_n": int(ref.shape[0])}
@@ -469,75 +475,7 @@ def _seed_all(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def plain(value: Any) -> Any:
-    """``value`` as what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists, tuples,
-    numbers, strings, booleans and None (numpy arrays become tensors, numpy scalars numbers)."""
-    import numpy as np
-
-    if isinstance(value, Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {(k if isinstance(k, (str, int)) else str(k)): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(v) for v in value) if type(value) in (list, tuple) else [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (torch.dtype, torch.device)):
-        return str(value)
-    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
-
-
-#: keys every checkpoint holds, and their types
-CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "opt": dict, "sched": dict, "losses": list, "history": list, "step": int,
-    "wall_s": (int, float), "rng": Tensor, "config": dict,
-}
-
-
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    r"""Read ``checkpoint.pt`` safely: ``torch.load(weights_only=True)`` (tensors and plain values
-    only: a pickled object is refused, never run), then the keys and their types are checked.
-
-    Raises:
-        CheckpointError: the file is empty, truncated, damaged, not a checkpoint or holds objects.
-    """
-    try:
-        if path.stat().st_size == 0:
-            raise CheckpointError(f"checkpoint {path} is empty")
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to read it makes it unusable
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {first})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint")
-    for key, kind in CHECKPOINT_KEYS.items():
-        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint (bad or missing '{key}')")
-    if state["step"] < 0 or not all(isinstance(r, dict) for r in state["history"]):
-        raise CheckpointError(f"checkpoint {path} is not a sesamo-bench checkpoint (bad 'step' or 'history')")
-    return state
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from ..errors import StoreError
-
-    tmp = path.with_suffix(".tmp")
-    try:
-        torch.save(plain(state), tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # disk full, read-only (torch's writer raises RuntimeError)
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [""])[0]
-        raise StoreError(f"cannot write {path}: {reason}") from None
+_save_checkpoint = save_checkpoint
 
 
 @dataclass
@@ -598,6 +536,7 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             where = f"checkpoint {checkpoint}" if checkpoint is not None else "the checkpoint"
             raise CheckpointError(f"{where} does not fit this run ({type(exc).__name__}: {first})") from None
+        check_fits(state, cfg.to_dict(), f"checkpoint {checkpoint}" if checkpoint is not None else "the checkpoint")
         history = state["history"]
         start_step, wall_before = state["step"], float(state["wall_s"])
 
@@ -613,7 +552,7 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
 
     def save(step: int) -> None:
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
+            save_checkpoint(checkpoint, snapshot(step, time.perf_counter() - t0))
             saved[0] = step
     for step in range(start_step + 1, cfg.steps + 1):
         lv = trainer.step(step)
@@ -639,14 +578,16 @@ def fit(model: Method, target: Target, settings: RunConfig, *,
             history.append(row)
             for callback in callbacks:
                 callback(row)
-        if step % cfg.checkpoint_every == 0:
+        # polled before the checkpoint is written: a run whose claim was taken over while it was
+        # stopped (SIGSTOP) learns it here and writes nothing (should_stop raises)
+        stop = should_stop is not None and should_stop()
+        if stop or step % cfg.checkpoint_every == 0:
             save(step)
-        if should_stop is not None and should_stop():
-            save(step)
+        if stop:
             raise Interrupted(step)
     train_wall = time.perf_counter() - t0
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, snapshot(step, train_wall))
+        save_checkpoint(checkpoint, snapshot(step, train_wall))
     return Fit(step, train_wall, history, trainer)
 
 
@@ -686,11 +627,11 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     try:
         ev = evaluate(model, target, cfg.final_samples, keep=cfg.save_samples, should_stop=should_stop,
                       sign_fn=breaking_sign_fn(cfg, model, target, device))
+        if not math.isfinite(ev.ess):
+            raise DivergedError(step, "log-weights")
+        sup = support(model, target, cfg.final_samples, seed=cfg.seed, should_stop=should_stop)
     except EvaluationStopped:
         raise Interrupted(step) from None  # the checkpoint of the last step was just written
-    if not math.isfinite(ev.ess):
-        raise DivergedError(step, "log-weights")
-    sup = support(model, target, cfg.final_samples, seed=cfg.seed)
     ref_metrics = target.reference_metrics(ev.x) if ev.x is not None else {}
     exact_err = getattr(target, "breaking_ratio_error", None)
     return Result(
