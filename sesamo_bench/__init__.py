@@ -68,6 +68,7 @@ MOVED = {
 #: (names that left a module of the layers are kept by that module's own ``__getattr__``)
 MOVED_NAMES = {
     "store": {"EXECUTION_ONLY": "harness.config:EXECUTION_ONLY", "LATER_FIELDS": "harness.config:LATER_FIELDS"},
+    "grid": {"grid_request": "harness.benchmarks:grid_request"},
     "measure": {"OBS_HEADERS": "outputs.observables:OBS_HEADERS",
                 "observable_rows": "outputs.observables:observable_rows",
                 "render_observables": "outputs.observables:render_observables",

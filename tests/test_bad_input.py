@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from sesamo_bench.harness import grid
 from sesamo_bench import plugins
 from sesamo_bench.cli import app
-from sesamo_bench.harness.grid import grid_request
+from sesamo_bench.harness.benchmarks import grid_request
 from sesamo_bench.registry import builtin_dir
 from sesamo_bench.harness.store import Store
 

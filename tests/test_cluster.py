@@ -143,7 +143,7 @@ def test_failed_job_shows_log_tail(tmp_path):
 
     (A corrupt checkpoint no longer crashes a job: the run restarts from step 0, see test_faults.)"""
     from sesamo_bench.harness import grid
-    from sesamo_bench.harness.grid import grid_request
+    from sesamo_bench.harness.benchmarks import grid_request
 
     store = tmp_path / "r.sqlite"
     args = ["--target", "hubbard", "--methods", "realnvp", "--seeds", "0", *TINY]

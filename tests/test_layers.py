@@ -127,3 +127,96 @@ def test_the_rule_would_catch_a_violation(tmp_path):
         assert "harness" not in ALLOWED[_layer_of_file(fake)]
     finally:
         fake.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# no import circles, inside a layer either (issue 28)
+# ---------------------------------------------------------------------------------------------
+def _modules_imported(path: Path, known: set[str]) -> set[str]:
+    """The package modules (dotted names below sesamo_bench, as in :func:`_module_name`) that
+    ``path`` imports, at the top or inside functions."""
+    me = _module_name(path).split(".")
+    pkg = me if path.name == "__init__.py" else me[:-1]
+    if pkg and pkg[-1] == "__init__":
+        pkg = pkg[:-1]
+    out: set[str] = set()
+
+    def add(parts: list[str], names: list[str]) -> None:
+        for name in names:  # `from . import store` names a module; `from .store import X` the module
+            if ".".join([*parts, name]) in known:
+                out.add(".".join([*parts, name]))
+        if ".".join(parts) in known:
+            out.add(".".join(parts))
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "sesamo_bench":
+                    add(parts[1:], [])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] != "sesamo_bench":
+                    continue
+                parts = parts[1:]
+            else:
+                if not path.is_relative_to(ROOT):
+                    continue
+                parts = list(pkg[: len(pkg) - (node.level - 1)]) + ((node.module or "").split(".") if node.module else [])
+            add(parts, [a.name for a in node.names])
+    out.discard(".".join(me))
+    return {m for m in out if not m.endswith("__init__")}
+
+
+def _circles() -> list[list[str]]:
+    known = {_module_name(p).removesuffix(".__init__") for p in FILES}
+    graph = {_module_name(p).removesuffix(".__init__"): _modules_imported(p, known) for p in FILES}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    # the package's facade (``sesamo_bench/__init__``) and ``plugins`` name what they hand on; a
+    # package ``__init__`` importing its own modules is not a circle of the code
+    assert _circles() == []
+
+
+def test_the_circle_check_would_catch_one():
+    a, b = ROOT / "harness" / "_circle_a.py", ROOT / "harness" / "_circle_b.py"
+    FILES.extend([a, b])
+    try:
+        a.write_text("def f():\n    from . import _circle_b\n")
+        b.write_text("from ._circle_a import f\n")
+        assert ["harness._circle_a", "harness._circle_b"] in _circles()
+    finally:
+        FILES.remove(a)
+        FILES.remove(b)
+        a.unlink()
+        b.unlink()

@@ -166,7 +166,7 @@ def test_conflicting_settings_are_refused(tmp_path, args, words):
 
 
 def test_benchmark_key_given_on_the_command_line_replaces_the_files():
-    from sesamo_bench.harness.grid import grid_request
+    from sesamo_bench.harness.benchmarks import grid_request
 
     req = grid_request(target=None, methods=None, preset=None, seeds=None, sets=["target.beta=2"], sweeps=[],
                        device=None, dtype=None, benchmark="hubbard-beta-sweep", benchmarks_file=None)

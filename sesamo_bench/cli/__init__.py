@@ -80,8 +80,26 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
                   help="Benchmarks of symmetry-aware normalizing flows (SESaMo, canonicalization, RealNVP, "
                        "equivariant flows, VMONF).")
 
-# the commands register themselves on `app`
-from . import catalogue, running, results, measuring, speed  # noqa: E402,F401
+from . import catalogue, measuring, results, running, speed  # noqa: E402 - the command modules
+
+#: every command, in the order ``--help`` lists them: (name, function); the command modules
+#: define plain functions and know nothing of ``app``
+COMMANDS = [
+    ("list", catalogue.list_cmd),
+    ("run", running.run_cmd),
+    ("status", running.status_cmd),
+    ("collect", running.collect_cmd),
+    ("report", results.report_cmd),
+    ("plot", results.plot_cmd),
+    ("show", results.show_cmd),
+    ("measure", measuring.measure_cmd),
+    ("hmc", measuring.hmc_cmd),
+    ("reference", measuring.reference_cmd),
+    ("ceiling", measuring.ceiling_cmd),
+    ("perf", speed.perf_cmd),
+]
+for _name, _fn in COMMANDS:
+    app.command(_name)(_fn)
 
 
 def main(argv: list[str] | None = None) -> None:

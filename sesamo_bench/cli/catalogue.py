@@ -9,10 +9,8 @@ import typer
 
 from ..errors import ConfigError
 from ..outputs.text import LIST_WHAT, listing
-from . import app
 
 
-@app.command("list")
 def list_cmd(
     what: Optional[str] = typer.Argument(
         None, help="targets | symmetries | methods | benchmarks | presets | architectures"),

@@ -9,7 +9,6 @@ from typing import Any, List, Optional
 import typer
 
 from ..errors import ConfigError
-from . import app
 from .results import names
 
 REFERENCES = ("phi4-real", "dw4", "lj13")
@@ -27,7 +26,6 @@ def _print(recs: list[dict[str, Any]], wanted: list[str] | None, json_out: bool)
     typer.echo(render_observables(observable_rows(recs, wanted), "json" if json_out else "terminal"))
 
 
-@app.command("measure")
 def measure_cmd(
     run: str = typer.Argument(..., help="run id or a unique prefix of it (a finished run)"),
     observables: Optional[str] = typer.Option(None, "--observables", help="comma list of the target's primary "
@@ -54,7 +52,6 @@ def measure_cmd(
     _print([rec], wanted, json_out)
 
 
-@app.command("hmc")
 def hmc_cmd(
     target: str = typer.Option(..., "--target", help="target plugin (see `list targets`)"),
     set_: List[str] = typer.Option([], "--set", help="target parameter key=value (repeatable)"),
@@ -90,7 +87,6 @@ def hmc_cmd(
     _print([rec], wanted, json_out)
 
 
-@app.command("reference")
 def reference_cmd(
     what: str = typer.Argument(..., help="the reference to regenerate: phi4-real, dw4 or lj13"),
     out: Optional[Path] = typer.Option(None, "--out", help="output JSON (phi4-real default: "
@@ -143,7 +139,6 @@ def reference_cmd(
     typer.echo(str(path))
 
 
-@app.command("ceiling")
 def ceiling_cmd(
     target: str = typer.Option(..., "--target", help="phi4-real or phi4-complex"),
     set_: List[str] = typer.Option([], "--set", help="target parameter key=value (repeatable), e.g. alpha=0.005"),

@@ -9,7 +9,6 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError
-from . import app
 
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
 
@@ -21,7 +20,6 @@ def names(observables: str | None) -> list[str] | None:
     return None if not observables or observables == "all" else parse_list(observables, "--observables")
 
 
-@app.command("report")
 def report_cmd(
     target: Optional[str] = typer.Option(None, "--target"),
     method: Optional[str] = typer.Option(None, "--method"),
@@ -60,7 +58,6 @@ def report_cmd(
     typer.echo(render_report(runs, fmt=fmt, group_by_benchmark=by_benchmark))
 
 
-@app.command("plot")
 def plot_cmd(
     out: Path = typer.Option(Path("sesamo-plots"), "--out", help="folder for the PNG files"),
     kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking | particles | autocorr "
@@ -86,7 +83,6 @@ def plot_cmd(
         typer.echo(str(path))
 
 
-@app.command("show")
 def show_cmd(
     run: str = typer.Argument(..., help="run id or a unique prefix of it"),
     store: Optional[Path] = typer.Option(None, "--store"),

@@ -11,13 +11,11 @@ import typer
 
 from ..errors import ConfigError
 from ..harness.record import summary
-from . import app
 
 #: most worker processes ``run --workers`` accepts
 MAX_WORKERS = 4096
 
 
-@app.command("run")
 def run_cmd(
     target: Optional[str] = typer.Option(None, "--target", help="target plugin (see `list targets`)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="'all' or a comma list (default: all)"),
@@ -57,7 +55,7 @@ def run_cmd(
 
     With --executor slurm every run is a Slurm job; follow them with `status`, record them with `collect` (or --wait).
     """
-    from ..harness import grid
+    from ..harness import benchmarks, grid
     from ..harness.executor import ClusterExecutor
 
     cluster_opts = {"--wait": wait, "--slurm-partition": slurm_partition, "--slurm-gpus": slurm_gpus,
@@ -69,7 +67,7 @@ def run_cmd(
         if given:
             raise ConfigError(f"{given[0]} applies to --executor slurm (or submitit-local), not to local runs")
     else:
-        from ..harness import benchmarks, cluster
+        from ..harness import cluster
 
         if executor not in cluster.EXECUTORS:
             raise ConfigError(f"--executor must be one of {', '.join(cluster.EXECUTORS)}, got {executor!r}")
@@ -79,8 +77,8 @@ def run_cmd(
         cli = cluster.cli_settings(partition=slurm_partition, gpus=slurm_gpus, cpus=slurm_cpus, mem=slurm_mem,
                                    time_min=slurm_time, sbatch=slurm_sbatch)
         ex = ClusterExecutor(executor, benchmarks.executor_settings(benchmarks_file).overridden_by(cli))
-    req = grid.grid_request(target=target, methods=methods, preset=preset, seeds=seeds, sets=set_, sweeps=sweep,
-                            device=device, dtype=dtype, benchmark=benchmark, benchmarks_file=benchmarks_file)
+    req = benchmarks.grid_request(target=target, methods=methods, preset=preset, seeds=seeds, sets=set_, sweeps=sweep,
+                                  device=device, dtype=dtype, benchmark=benchmark, benchmarks_file=benchmarks_file)
     runs, notes = grid.plan(req)
     if ex is None:
         code = run_here(runs, notes, store_path=store, workers=workers, resume=resume, json_out=json_out, quiet=quiet)
@@ -189,7 +187,6 @@ def run_as_jobs(runs: list, notes: list[str], ex: Any, *, store_path: Path | Non
     return 1 if any(r["status"] == "failed" for r in records) else 0
 
 
-@app.command("status")
 def status_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="results database whose jobs to show "
                                                               "(default: ./sesamo-runs/results.sqlite)"),
@@ -213,7 +210,6 @@ def status_cmd(
     typer.echo(status_text(statuses))
 
 
-@app.command("collect")
 def collect_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="results database to record the jobs' runs in "
                                                               "(default: ./sesamo-runs/results.sqlite)"),

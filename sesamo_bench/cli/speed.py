@@ -8,10 +8,8 @@ from typing import Optional
 
 import typer
 
-from . import app
 
 
-@app.command("perf")
 def perf_cmd(
     quick: bool = typer.Option(False, "--quick", help="a short subset: GMM and complex phi^4, about 10-30 s"),
     sections: Optional[str] = typer.Option(None, "--sections", help="comma list: time-to-ess,matmul,throughput,"

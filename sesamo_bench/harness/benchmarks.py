@@ -23,7 +23,7 @@ else:  # pragma: no cover
 from .. import plugins
 from .config import HYPER, PRESETS, check_hyper
 from ..errors import ConfigError, UnknownNameError
-from .grid import GridRequest
+from .grid import GridRequest, refuse_set_and_swept, parse_assignments, parse_list, parse_seeds, parse_sweeps
 from ..core.methods import METHODS
 from ..registry import build, parameters
 
@@ -205,3 +205,49 @@ def _lookup(registry: Any, name: str, where: str, kind: str) -> type:
 
 def _bad_key(where: str, sub: str, key: str, allowed: dict[str, Any]) -> Any:
     raise ConfigError(f"{where[:-1]}.{sub}]: unknown key '{key}'. Allowed: {', '.join(sorted(allowed))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the request of `sesamo-bench run`: its options, over a benchmark of the file
+# ---------------------------------------------------------------------------------------------
+def grid_request(*, target: str | None, methods: str | None, preset: str | None, seeds: str | None,
+                 sets: list[str], sweeps: list[str], device: str | None, dtype: str | None,
+                 benchmark: str | None, benchmarks_file: Path | None) -> GridRequest:
+    """Combine the options of ``sesamo-bench run`` (strings as typed; ``None`` where not given) and
+    a benchmark of ``benchmarks.toml`` into a :class:`GridRequest` (the options win)."""
+    from .config import canonical_key, check_hyper
+
+    overrides: dict[str, Any] = dict(parse_assignments(sets, "--set"))
+    if device is not None:
+        overrides["device"] = check_hyper("device", device, "--device")
+    if dtype is not None:
+        overrides["dtype"] = check_hyper("dtype", dtype, "--dtype")
+    sweep_values = parse_sweeps(sweeps)
+    refuse_set_and_swept(overrides, sweep_values)
+    method_list = None if methods is None or methods.strip() == "all" else parse_list(methods, "--methods")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if benchmark is not None:
+        if target is not None:
+            raise ConfigError("--target cannot be combined with --benchmark (the benchmark names its target)")
+        req = get(benchmark, benchmarks_file).request
+        # the options win: a key given on the command line replaces the file's (any spelling of it,
+        # set or swept there)
+        given = {canonical_key(k) for k in (*overrides, *sweep_values)}
+        for table in (req.overrides, req.sweeps):
+            for k in [k for k in table if canonical_key(k) in given]:
+                del table[k]
+        req.overrides.update(overrides)
+        req.sweeps.update(sweep_values)
+        if methods is not None:
+            req.methods = method_list
+        if seed_list is not None:
+            req.seeds = seed_list
+        if preset is not None:
+            req.preset = preset
+        return req
+    if benchmarks_file is not None:
+        raise ConfigError("--benchmarks-file needs --benchmark NAME")
+    if target is None:
+        raise ConfigError("give --target NAME (see `sesamo-bench list targets`) or --benchmark NAME")
+    return GridRequest(target=target, methods=method_list, seeds=seed_list or [0, 1, 2],
+                       preset=preset or "quick", overrides=overrides, sweeps=sweep_values)

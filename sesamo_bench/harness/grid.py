@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +78,7 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     for key, values in req.sweeps.items():
         if not values:
             raise ConfigError(f"sweep '{key}' has no values")
-    _refuse_set_and_swept(req.overrides, req.sweeps)
+    refuse_set_and_swept(req.overrides, req.sweeps)
     seeds = list(dict.fromkeys(req.seeds))
     points = [dict(zip(req.sweeps, combo)) for combo in itertools.product(*req.sweeps.values())] or [{}]
     runs: list[PlannedRun] = []
@@ -129,51 +128,7 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     return runs, notes
 
 
-def grid_request(*, target: str | None, methods: str | None, preset: str | None, seeds: str | None,
-                 sets: list[str], sweeps: list[str], device: str | None, dtype: str | None,
-                 benchmark: str | None, benchmarks_file: Path | None):
-    """Combine the options of ``sesamo-bench run`` (strings as typed; ``None`` where not given) and
-    a benchmark of ``benchmarks.toml`` into a :class:`GridRequest` (the options win)."""
-    from . import benchmarks
-    from .config import canonical_key, check_hyper
-
-    overrides: dict[str, Any] = dict(parse_assignments(sets, "--set"))
-    if device is not None:
-        overrides["device"] = check_hyper("device", device, "--device")
-    if dtype is not None:
-        overrides["dtype"] = check_hyper("dtype", dtype, "--dtype")
-    sweep_values = parse_sweeps(sweeps)
-    _refuse_set_and_swept(overrides, sweep_values)
-    method_list = None if methods is None or methods.strip() == "all" else parse_list(methods, "--methods")
-    seed_list = parse_seeds(seeds) if seeds is not None else None
-    if benchmark is not None:
-        if target is not None:
-            raise ConfigError("--target cannot be combined with --benchmark (the benchmark names its target)")
-        req = benchmarks.get(benchmark, benchmarks_file).request
-        # the options win: a key given on the command line replaces the file's (any spelling of it,
-        # set or swept there)
-        given = {canonical_key(k) for k in (*overrides, *sweep_values)}
-        for table in (req.overrides, req.sweeps):
-            for k in [k for k in table if canonical_key(k) in given]:
-                del table[k]
-        req.overrides.update(overrides)
-        req.sweeps.update(sweep_values)
-        if methods is not None:
-            req.methods = method_list
-        if seed_list is not None:
-            req.seeds = seed_list
-        if preset is not None:
-            req.preset = preset
-        return req
-    if benchmarks_file is not None:
-        raise ConfigError("--benchmarks-file needs --benchmark NAME")
-    if target is None:
-        raise ConfigError("give --target NAME (see `sesamo-bench list targets`) or --benchmark NAME")
-    return GridRequest(target=target, methods=method_list, seeds=seed_list or [0, 1, 2],
-                            preset=preset or "quick", overrides=overrides, sweeps=sweep_values)
-
-
-def _refuse_set_and_swept(overrides: dict[str, Any], sweeps: dict[str, list[Any]]) -> None:
+def refuse_set_and_swept(overrides: dict[str, Any], sweeps: dict[str, list[Any]]) -> None:
     """A key both set to one value and swept (in any of its spellings) is a ConfigError."""
     from .config import canonical_key
 

@@ -39,6 +39,7 @@ from .checkpoint import is_temporary
 from .claim import Busy, Claim, ClaimLost, acquire
 from ..errors import DivergedError, StoreError
 from .grid import PlannedRun
+from .resume import ResumePlan, resume_plan
 from .store import Store, write_history_csv, write_json, write_samples
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -449,11 +450,9 @@ def _worker_main(stop_event: Any, inbox: Any, out: Any, store_path: str) -> None
 # ---------------------------------------------------------------------------------------------
 def run_grid(plan: Any, store: Store, *, workers: int = 1, resume: bool = False,
              reporter: Any, flag: StopFlag | None = None) -> GridOutcome:
-    r"""Train the runs of a :class:`~sesamo_bench.harness.executor.ResumePlan` (or of a validated
-    grid, planned here with :func:`~sesamo_bench.harness.executor.resume_plan` and ``resume``):
+    r"""Train the runs of a :class:`~sesamo_bench.harness.resume.ResumePlan` (or of a validated
+    grid, planned here with :func:`~sesamo_bench.harness.resume.resume_plan` and ``resume``):
     in this process for ``workers=1``, else in a pool of worker processes."""
-    from .executor import ResumePlan, resume_plan
-
     if not isinstance(plan, ResumePlan):
         plan = resume_plan(list(plan), store, resume=resume)
     flag = flag or StopFlag()
