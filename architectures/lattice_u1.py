@@ -13,7 +13,7 @@ commutes with x -> e^{i theta} x. Multiplying one complex number by e^{s + i w} 
 e^{2 s}, so ln|det| = sum_b 2 s_b.
 
 With an invariant prior (mean 0) the density of g(z) is U(1)-invariant, which is what SESaMo's
-equivariant U(1) construction needs (:class:`~sesamo_bench.core.methods.SESaMo`).
+equivariant U(1) construction needs (:class:`~sesamo_bench.methods.sesamo.SESaMo`).
 """
 
 from __future__ import annotations

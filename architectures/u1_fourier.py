@@ -15,13 +15,22 @@ with g the ``realnvp`` couplings on R^(2V-1) and (s, t) a learned diagonal affin
 mode a scale (the free-field / mean-field preconditioning of the lattice literature, Albergo,
 Kanwar, Shanahan 2019) and, through rho, the size of the magnetisation of an ordered phase. Since
 u ignores theta the map commutes with x -> e^{i phi} x. Jacobian: x <-> (a_0, a_p, b_p, theta)
-has volume element |M| = sqrt(V) e^{rho} (the polar decomposition of the reference notes, the
-Fourier basis being orthonormal), a_0 = e^{rho} gives e^{rho} more, so
+has volume element a_0 = |M| / sqrt(V) = e^{rho}, the radius of the orbit in the orthonormal
+basis: dx/dtheta = i x has the component a_0 along the imaginary zero mode, the one direction the
+other coordinates do not span. (The chart of the reference notes, (a, b') with b_V = -sum(b'), has
+|M| instead: its b' are not orthonormal coordinates of the plane Im M = 0, a factor sqrt(V).)
+a_0 = e^{rho} gives e^{rho} more, so
 
     ln|det dx'/dx| = ln|det du'/du| + 2 (rho' - rho)
 
 (beyond rho = :data:`RHO_MAX` the chart continues linearly, :func:`chart`, and these terms are
 ln h + ln h' of that chart: :func:`chart_log_terms`).
+
+Where |M| of the input is below the smallest normal number (M = 0 exactly: about one float32
+prior draw in 10^6-10^7) ``_frame`` reads it as that number, and where e^{rho} of the output
+underflows (rho < ln of the smallest normal, -87.3 in float32, -708 in float64) the output field
+loses its magnetisation; the density returned is finite but wrong for such samples. Each call
+records them (:func:`flag_underflow`) and the final evaluation counts them (metric ``underflow``).
 
 A fresh flow is the identity. Use with SESaMo (equivariant construction: the modulation then
 draws theta).
@@ -64,6 +73,19 @@ def chart_log_terms(rho: Tensor, *, log_h: bool) -> Tensor:
     if log_h:
         out = out + torch.log1p(excess) - excess  # ln h = RHO_MAX + log1p(rho - RHO_MAX) beyond
     return torch.where(rho <= RHO_MAX, torch.zeros_like(rho), out)
+
+
+def flag_underflow(module: nn.Module, x_in: Tensor, rho_out: Tensor, v: int) -> None:
+    r"""OR into ``module.underflow`` (a bool mask ``(N,)``; a new one where the batch size changed)
+    the samples whose density is finite but wrong: |M| of the input ``(N, D)`` below the smallest
+    normal number (the M = 0 guard of ``_frame``), or a_0 = e^{rho_out} of the output not a normal
+    number. :func:`sesamo_bench.harness.train.evaluate` reads and clears it."""
+    tiny = torch.finfo(x_in.dtype).tiny
+    with torch.no_grad():
+        guarded = x_in.reshape(x_in.shape[0], v, -1).sum(1).norm(dim=1) < tiny
+        hit = guarded | (chart(rho_out.detach()) < tiny)
+    prev = getattr(module, "underflow", None)
+    module.underflow = hit if prev is None or prev.shape != hit.shape else prev | hit
 
 
 def fourier_basis(sites: tuple[int, ...]) -> Tensor:
@@ -169,6 +191,7 @@ class U1Fourier(Architecture):
         w = torch.addcmul(self.shift.to(z), w, self.log_scale.to(z).exp())
         ladj = ladj + self.log_scale.to(z).sum() + 2 * (w[:, 0] - u[:, 0])
         ladj = ladj + chart_log_terms(w[:, 0], log_h=True) - chart_log_terms(u[:, 0], log_h=True)
+        flag_underflow(self, z, w[:, 0], self.v)
         return self._field(w, c), ladj
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,4 +202,5 @@ class U1Fourier(Architecture):
         u, ladj = self.couplings.inverse(u)
         ladj = ladj - self.log_scale.to(x).sum() + 2 * (u[:, 0] - w[:, 0])
         ladj = ladj + chart_log_terms(u[:, 0], log_h=True) - chart_log_terms(w[:, 0], log_h=True)
+        flag_underflow(self, x, u[:, 0], self.v)
         return self._field(u, c), ladj

@@ -38,7 +38,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0+unknown"
 
 _API = ("preset", "create_target", "create_symmetry", "default_symmetry", "create_method", "fit", "evaluate",
-        "load_runs", "Fit", "Evaluation")
+        "load_runs", "register", "Fit", "Evaluation")
 
 __all__ = ["__version__", *_API]
 
@@ -54,7 +54,7 @@ def __getattr__(name: str) -> Any:  # PEP 562: the API (and torch) load on first
 #: module paths of the flat layout -> their place in the layers
 MOVED = {
     **{m: f"core.{m}" for m in ("symmetry", "target", "architecture", "particles", "lattice_physics", "flows",
-                                 "spline", "lattice", "kernels", "native", "methods", "equivariant", "vmonf",
+                                 "spline", "lattice", "kernels", "native", "equivariant", "vmonf",
                                  "loss", "metrics")},
     **{m: f"analysis.{m}" for m in ("hmc", "autocorr", "observables", "nmcmc", "phi4_reference",
                                      "particle_reference")},

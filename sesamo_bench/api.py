@@ -40,7 +40,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.methods import Method
 
 __all__ = ["preset", "create_target", "create_symmetry", "default_symmetry", "create_method", "fit",
-           "evaluate", "load_runs", "Fit", "Evaluation"]
+           "evaluate", "load_runs", "register", "Fit", "Evaluation"]
+
+
+def register(cls: type) -> type:
+    r"""Register a class defined in a notebook or a script as a plugin of its kind (a
+    :class:`~sesamo_bench.core.target.Target`, :class:`~sesamo_bench.core.symmetry.Symmetry`,
+    :class:`~sesamo_bench.core.architecture.Architecture` or :class:`~sesamo_bench.core.method.Method`
+    subclass with a ``name``); usable as a decorator. It is known to this process (:func:`fit`,
+    ``--workers 1``), not to the worker processes of ``sesamo-bench run``.
+
+    Raises:
+        PluginError: ``cls`` is none of the four kinds, or has no ``name``.
+    """
+    from .errors import PluginError
+
+    for registry in (plugins.methods, plugins.architectures, plugins.targets, plugins.symmetries):
+        if isinstance(cls, type) and issubclass(cls, registry.base):
+            return registry.register(cls)
+    raise PluginError(f"register: {cls!r} is not a Target, Symmetry, Architecture or Method subclass")
 
 
 def preset(target: str, method: str, preset: str = "quick", *, seed: int = 0, **overrides: Any) -> RunConfig:

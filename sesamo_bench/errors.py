@@ -40,6 +40,11 @@ class PluginError(UserError, ImportError):
     """A plugin file failed to import; the message names the file."""
 
 
+class TargetError(UserError, RuntimeError):
+    """A target's own code (its action, e.g. in a dropped-in plugin) raised; the message names the
+    target and the exception."""
+
+
 class InputOutsideDomain(ValueError):
     """A tensor handed to a transform has the wrong shape or lies outside its domain."""
 

@@ -42,7 +42,7 @@ def builtin_dir(sub: str) -> Path:
 
 
 #: the plugin kinds, i.e. the sub-folders a ``SESAMO_BENCH_PLUGINS`` folder may hold
-KINDS = ("symmetries", "targets", "architectures")
+KINDS = ("symmetries", "targets", "architectures", "methods")
 
 
 def extra_folders() -> list[Path]:
@@ -86,6 +86,8 @@ class Registry(Generic[T]):
         self.errors: dict[str, str] = {}
         self.sources: dict[str, Path] = {}
         self.builtins: set[str] = set()
+        #: classes handed to :meth:`register` (they outlive :meth:`reload`)
+        self.registered: dict[str, type] = {}
 
     # discovery -------------------------------------------------------------------------------
     def _load_file(self, path: Path, found: dict[str, type], *, builtin: bool = False) -> None:
@@ -141,13 +143,50 @@ class Registry(Generic[T]):
                     self.sources[name] = Path(inspect.getsourcefile(obj) or "")
                 except TypeError:
                     self.sources.pop(name, None)
+        for name, obj in self.registered.items():
+            found[name] = obj
+            self._source_of(name, obj)
         return found
+
+    def _source_of(self, name: str, obj: type) -> None:
+        try:
+            self.sources[name] = Path(inspect.getsourcefile(obj) or "")
+        except (TypeError, OSError):  # defined in a notebook or at the prompt
+            self.sources.pop(name, None)
+
+    def register(self, cls: type) -> type:
+        r"""Add a class defined outside the plugin folders (a notebook, a script), in this process;
+        usable as a decorator. It replaces a plugin of the same name (its runs then get their own
+        run ids: :meth:`shadow_digest`). Worker processes of ``sesamo-bench run`` do not see it:
+        train it with :func:`sesamo_bench.fit` or ``--workers 1``.
+
+        Raises:
+            PluginError: ``cls`` is not a subclass of the registry's base class, or has no ``name``.
+        """
+        if not (inspect.isclass(cls) and issubclass(cls, self.base)) or cls is self.base:
+            raise PluginError(f"register: {cls!r} is not a subclass of {self.base.__name__}")
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"register: {cls.__name__} sets no 'name' (the {self.kind} name to use)")
+        self.registered[name] = cls
+        if self._items is not None:
+            self._items[name] = cls
+            self._source_of(name, cls)
+        return cls
+
+    def unregister(self, name: str) -> None:
+        """Forget a class added by :meth:`register` (the plugin it replaced, if any, comes back)."""
+        if self.registered.pop(name, None) is not None:
+            self.reload()
 
     def shadow_digest(self, name: str) -> str | None:
         """sha256 of the source file of plugin ``name`` when it replaces a built-in plugin of that
         name (then its runs must not share the built-in's run ids); None otherwise."""
         items = self.items
         src = self.sources.get(name)
+        if name in self.registered and name in self.builtins:  # a class handed to register()
+            body = inspect.getsource(items[name]) if src is not None else repr(items[name])
+            return hashlib.sha256(body.encode()).hexdigest()
         if name not in items or name not in self.builtins or src is None:
             return None
         try:

@@ -8,7 +8,7 @@ module (imports inside functions count too: they are dependencies all the same).
     cli       the commands                                                      (uses everything)
 
 ``errors``, the plugin mechanism (``registry``, ``plugins``) are shared by all; the built-in
-plugins (``symmetries/``, ``targets/``, ``architectures/``) are mathematics and use only core and
+plugins (``symmetries/``, ``targets/``, ``architectures/``, ``methods/``) are mathematics and use only core and
 analysis.
 """
 
@@ -44,9 +44,9 @@ def _layer_of_file(path: Path) -> str:
     try:
         rel = path.relative_to(ROOT)
     except ValueError:
-        return "plugin"  # symmetries/, targets/, architectures/ of the repository
+        return "plugin"  # symmetries/, targets/, architectures/, methods/ of the repository
     head = rel.parts[0]
-    if head in {"symmetries", "targets", "architectures"}:
+    if head in {"symmetries", "targets", "architectures", "methods"}:
         return "plugin"
     if len(rel.parts) == 1:
         return rel.stem
@@ -81,7 +81,7 @@ def _imported(path: Path) -> set[str]:
 
 def _files() -> list[Path]:
     files = sorted(ROOT.rglob("*.py"))
-    for sub in ("symmetries", "targets", "architectures"):
+    for sub in ("symmetries", "targets", "architectures", "methods"):
         files += sorted((REPO / sub).glob("*.py")) if (REPO / sub).is_dir() else []
     return [f for f in files if "native" not in f.parts or f.name == "__init__.py"]
 
@@ -163,7 +163,8 @@ def _modules_imported(path: Path, known: set[str]) -> set[str]:
             else:
                 if not path.is_relative_to(ROOT):
                     continue
-                parts = list(pkg[: len(pkg) - (node.level - 1)]) + ((node.module or "").split(".") if node.module else [])
+                below = (node.module or "").split(".") if node.module else []
+                parts = list(pkg[: len(pkg) - (node.level - 1)]) + below
             add(parts, [a.name for a in node.names])
     out.discard(".".join(me))
     return {m for m in out if not m.endswith("__init__")}

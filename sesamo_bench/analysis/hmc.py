@@ -40,9 +40,39 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..errors import TargetError, UserError
+
 Action = Callable[[Tensor], Tensor]
 #: a global proposal: ``(x, generator) -> x'`` for a batch ``(C, *shape)``
 GlobalMove = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def checked(fn: Callable[[Tensor], Tensor], action: Action, what: str = "action") -> Callable[[Tensor], Tensor]:
+    r"""``fn`` whose exceptions (other than :class:`~sesamo_bench.errors.UserError`) become one
+    :class:`~sesamo_bench.errors.TargetError` naming the target (the owner of a bound ``action``,
+    e.g. ``target.action``) and the exception, the original chained as its cause.
+
+    Example:
+        >>> def bad(x):
+        ...     raise RuntimeError("boom")
+        >>> checked(bad, bad)(torch.zeros(1))
+        Traceback (most recent call last):
+        sesamo_bench.errors.TargetError: the action raised RuntimeError: boom
+    """
+    owner = getattr(action, "__self__", None)
+    name = getattr(owner, "name", None)
+    who = f"target '{name}': its {what}" if isinstance(name, str) else f"the {what}"
+
+    def call(x: Tensor) -> Tensor:
+        try:
+            return fn(x)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's code can raise anything
+            lines = str(exc).strip().splitlines()
+            raise TargetError(f"{who} raised {type(exc).__name__}{': ' + lines[0] if lines else ''}") from exc
+
+    return call
 
 
 def autograd_force(action: Action) -> Callable[[Tensor], Tensor]:
@@ -151,6 +181,9 @@ class HMC:
         global_moves: proposals applied after each trajectory, each with its Metropolis test
             (see :func:`global_flip`); they must be symmetric and volume-preserving.
         grad: dS/dx, ``(C, *shape) -> (C, *shape)``; default: autograd of ``action``.
+
+    An exception in ``action`` or its gradient (a target plugin with a bug) is a
+    :class:`~sesamo_bench.errors.TargetError` naming the target (:func:`checked`).
     """
 
     def __init__(self, action: Action, *, eps: float = 0.1, n_leapfrog: int = 10, target_accept: float = 0.8,
@@ -162,10 +195,10 @@ class HMC:
             raise ValueError(f"n_leapfrog must be an integer >= 1, got {n_leapfrog!r}")
         if not 0 < target_accept < 1:
             raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
-        self.action, self.eps, self.n_leapfrog = action, float(eps), n_leapfrog
+        self.action, self.eps, self.n_leapfrog = checked(action, action), float(eps), n_leapfrog
         self.target_accept = float(target_accept)
         self.global_moves = list(global_moves)
-        self.grad = grad or autograd_force(action)
+        self.grad = checked(grad or autograd_force(action), action, "action's gradient")
 
     def trajectory(self, x: Tensor, s: Tensor, eps: float, generator: torch.Generator
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -9,7 +9,8 @@ samples into estimates of both:
   <O> = sum_i w_i O_i / sum_i w_i with w = p/q, its error by linear error propagation of the
   ratio of the two means;
 - :func:`from_chain`: a Markov chain (neural MCMC, HMC), its error and integrated
-  autocorrelation time tau_int from the Gamma method with automatic windowing; for several
+  autocorrelation time tau_int from the Gamma method with automatic windowing (for a primary
+  observable below 1/2 where the chain is anticorrelated, :func:`_anticorrelated`); for several
   chains also R-hat, and where it shows that they have not mixed (:data:`RHAT_MAX`) the error of
   a primary observable is the spread of the chain means instead (the errors of derived
   observables then remain the Gamma method's, too small).
@@ -199,6 +200,8 @@ def from_chain(values: dict[str, np.ndarray], *, derived: Derived | None = None,
     primary = {name: pe.Obs([x.reshape(-1, chains)[:, c] for c in range(chains)], names)
                for name, x in flat.items()}
     out = _estimates(primary, flat, None, derived, values)
+    for name, x in flat.items():
+        _anticorrelated(out[name], x.reshape(-1, chains).T)
     if chains >= 2:
         for name, x in flat.items():
             _between_chains(out[name], x.reshape(-1, chains).T)
@@ -221,6 +224,19 @@ def rhat(chains: np.ndarray) -> float:
     if w <= 0:
         return math.inf if b_over_t > 0 else 1.0
     return math.sqrt(((t - 1) / t * w + b_over_t) / w)
+
+
+def _anticorrelated(est: Estimate, chains: np.ndarray) -> None:
+    """pyerrors floors every partial sum of tau_int at 1/2, which overstates the error of an
+    anticorrelated observable (and its cost per effective sample, through n_eff); where
+    :func:`sesamo_bench.analysis.autocorr.gamma_method` (no floor) finds tau_int < 1/2, its error,
+    tau_int and the n_eff they imply replace pyerrors'. Derived observables keep pyerrors' errors."""
+    from .autocorr import gamma_method
+
+    g = gamma_method(chains)
+    if g.tau_int < 0.5 and g.err > 0:
+        est.error, est.tau_int = g.err, g.tau_int
+        est.n_eff = float(np.var(chains)) / g.err**2
 
 
 def _between_chains(est: Estimate, chains: np.ndarray) -> None:

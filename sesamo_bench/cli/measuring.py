@@ -167,6 +167,7 @@ def ceiling_cmd(
     typer.echo(f"{target} {', '.join(f'{k}={v}' for k, v in tgt.params().items())} (group {c.group}; "
                f"|M| = {c.abs_m.mean:.3f}({c.abs_m.err:.3f}) from {c.abs_m.n} HMC states at alpha = 0)")
     for key, what in (("ceiling", "best invariant model"), ("symmetrised", "symmetrised target"),
-                      ("unbroken", "unbroken theory (reverse-KL optimum)")):
+                      ("unbroken", "unbroken theory (reverse-KL optimum)"),
+                      ("sesamo", "SESaMo family (best y-free modulation)")):
         e = getattr(c, key)
         typer.echo(f"  ESS of the {what:38s} {e.mean:.5f} +- {e.err:.5f}")

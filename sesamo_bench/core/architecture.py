@@ -18,7 +18,7 @@ The contract (checked by ``tests/test_architectures.py`` for every registered ar
   lattice that keep the checkerboard, i.e. by an even total number of sites) and symmetry names
   such as ``"u1"`` (global phase rotations of a complex field) or ``"particles"`` (permutations,
   rotations and reflections of particle positions); a method may rely on them
-  (:class:`~sesamo_bench.core.methods.SESaMo` on U(1) does);
+  (:class:`~sesamo_bench.methods.sesamo.SESaMo` on U(1) does);
 - ``near_identity``: a fresh flow is the identity (the last layer of each conditioner is zero);
 - ``tolerance``: ``None`` for a flow whose inverse and ladj are exact up to rounding; a number for
   one that is exact only up to a discretisation error (an ODE flow's solver): the absolute error

@@ -1,19 +1,21 @@
 r"""The method contract: a prior, a flow and (optionally) a symmetry, sampled as a :class:`Sample`.
 
-:class:`Method` is the base class of the flow samplers the suite compares, :class:`NaiveRealNVP`
-(``realnvp``, x = g(z)) the plain one that the others build on (``equivariant`` extends it);
-:mod:`sesamo_bench.core.methods` holds the catalogue (:data:`~sesamo_bench.core.methods.METHODS`)
-and the other methods.
+:class:`Method` is the base class of the flow samplers the suite compares, :class:`PlainFlow`
+(x = g(z)) the plain sampler that ``realnvp`` and ``equivariant`` are; the methods themselves are
+plugins, one file each in ``methods/`` (:data:`sesamo_bench.core.methods.methods`, the registry).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from ..errors import UnknownNameError
+from ..registry import Registry
 from .architecture import Architecture, Domain, FlowSpec
 from .flows import GaussianPrior
 from .symmetry import Symmetry
@@ -90,6 +92,11 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     needs_symmetry: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    #: how tables and plots name the method, its colour in plots (a matplotlib colour), and its
+    #: place in ``--methods all`` and in tables (lower first; ties by name)
+    label: ClassVar[str] = ""
+    colour: ClassVar[str] = ""
+    order: ClassVar[int] = 100
     #: the method picks its architecture unless the user names one (:meth:`default_flow`)
     chooses_flow: ClassVar[bool] = False
     #: the method relies on the flow commuting with its symmetry, so the flow takes its group
@@ -162,12 +169,10 @@ class Method(nn.Module):
     uses_modulation: ClassVar[bool] = False
 
 
-class NaiveRealNVP(Method):
-    """Plain RealNVP from a Gaussian prior; ignores the symmetry."""
-
-    name = "realnvp"
-    needs_symmetry = False
-    description = "naive RealNVP: x = g(z)"
+class PlainFlow(Method):
+    """x = g(z) from the Gaussian prior, ln q(x) = ln q_0(g^{-1} x) + ln|det dg^{-1}/dx|: the
+    sampler of the ``realnvp`` method and of ``equivariant`` (which differs in its flow and
+    prior only). Not a method itself (no ``name``)."""
 
     def sample(self, n: int) -> Sample:
         z = self.prior.sample(n)
@@ -177,3 +182,31 @@ class NaiveRealNVP(Method):
     def log_prob(self, x: Tensor) -> Tensor:
         z, ladj = self.flow.inverse(x.reshape(x.shape[0], -1))
         return self.prior.log_prob(z) + ladj
+
+
+#: the method registry (a plugin kind like the others; :data:`sesamo_bench.plugins.methods` and
+#: :data:`sesamo_bench.core.methods.methods` are the same)
+methods: Registry[Method] = Registry("method", Method, folder="methods", group="sesamo_bench.methods")
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return methods.items[name]
+    except KeyError:
+        raise UnknownNameError("method", name, methods.names()) from None
+
+
+def moved(module: str, name: str, method: str) -> type[Method]:
+    """The class of the built-in ``method``, for an old import path (with a DeprecationWarning)."""
+    from .. import REMOVED_IN
+
+    cls = method_class(method)
+    warnings.warn(f"{module}.{name} moved to the method plugin {cls.__module__}.{cls.__name__}; the old "
+                  f"path goes in {REMOVED_IN}", DeprecationWarning, stacklevel=3)
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NaiveRealNVP":
+        return moved(__name__, name, "realnvp")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,8 @@ from ..core.methods import METHODS
 from ..registry import build, parameters
 
 FILE_NAME = "benchmarks.toml"
+#: the deepest nesting of tables and arrays a benchmarks file may use (the shipped ones use 5)
+MAX_DEPTH = 32
 
 #: allowed keys of a benchmark table: key -> (expected type, description)
 KEYS: dict[str, tuple[type, str]] = {
@@ -64,11 +66,79 @@ def _read(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested inline tables and arrays recursively
+        where = _deep_line(text)
+        at = f"line {where[0]}{f' (in [{where[1]}])' if where[1] else ''}: " if where else ""
+        raise ConfigError(f"{path}: {at}tables or arrays nested more than {MAX_DEPTH} levels deep; at most "
+                          f"{MAX_DEPTH} are allowed") from None
     unknown = sorted(set(data) - {"benchmarks", "executor"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}' (expected [benchmarks.<name>] tables "
                           "and an optional [executor.slurm] table)")
+    deep = _too_deep(data)
+    if deep is not None:
+        raise ConfigError(f"{path}: [{'.'.join(deep[:3])}]: '{deep[3]}' nests tables or arrays more than "
+                          f"{MAX_DEPTH} levels deep; at most {MAX_DEPTH} are allowed")
     return data
+
+
+def _too_deep(data: dict[str, Any]) -> tuple[str, ...] | None:
+    """The key path to the first value below :data:`MAX_DEPTH` levels of tables and arrays (an array
+    element is named ``[i]``), found without recursion; ``None`` when there is none."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        value, keys = stack.pop()
+        if len(keys) > MAX_DEPTH:
+            return keys
+        if isinstance(value, dict):
+            stack.extend((v, (*keys, str(k))) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, (*keys, f"[{i}]")) for i, v in enumerate(value))
+    return None
+
+
+def _deep_line(text: str) -> tuple[int, str] | None:
+    """(line, enclosing [table] header) where brackets outside strings and comments first nest deeper
+    than :data:`MAX_DEPTH`, for the message when tomllib gives up with a RecursionError."""
+    depth, line, table, i, n = 0, 1, "", 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif c in "\"'":
+            q = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(q)
+            while True:
+                j = text.find(q, j)
+                if j < 0:
+                    return None
+                k = j
+                while c == '"' and k > 0 and text[k - 1] == "\\":
+                    k -= 1
+                if (j - k) % 2 == 0:
+                    break
+                j += 1
+            line += text.count("\n", i, j)
+            i = j + len(q)
+            continue
+        elif c == "[" and depth == 0 and not text[text.rfind("\n", 0, i) + 1:i].strip():
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            table = text[i:j].split("#")[0].strip().strip("[]").strip()
+            i = j
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line, table
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        i += 1
+    return None
 
 
 def executor_settings(path: Path | None = None) -> Any:

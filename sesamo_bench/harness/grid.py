@@ -115,17 +115,24 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
                     params[key] = getattr(cfg, key)
             shadow = plugin_sources(cfg, target)
             for c in cfgs:
-                ident = c.to_dict()
-                ident["target_params"] = tparams
-                if shadow:  # a plugin in place of a built-in of the same name: its own runs
-                    ident["plugin_sources"] = shadow
-                rid = run_id(ident, req.benchmark)
+                rid = run_id(identity(c, tparams, shadow), req.benchmark)
                 if rid not in seen:  # e.g. --sweep beta=1,1.0
                     seen.add(rid)
                     runs.append(PlannedRun(c, rid, req.benchmark, params))
     if not runs:
         raise IncompatibleError(f"no method can run on target '{req.target}' ({'; '.join(notes)})")
     return runs, notes
+
+
+def identity(cfg: RunConfig, target_params: dict[str, Any], shadow: dict[str, str] | None = None
+             ) -> dict[str, Any]:
+    """What a run id is the hash of: the configuration, the target's resolved parameters and, where
+    plugins shadow built-ins of the same name, their digests (:func:`plugin_sources`)."""
+    ident = cfg.to_dict()
+    ident["target_params"] = target_params
+    if shadow:  # a plugin in place of a built-in of the same name: its own runs
+        ident["plugin_sources"] = shadow
+    return ident
 
 
 def refuse_set_and_swept(overrides: dict[str, Any], sweeps: dict[str, list[Any]]) -> None:
@@ -150,8 +157,9 @@ SEED_LIMIT = 2**32
 
 
 def plugin_sources(cfg: RunConfig, target: Any) -> dict[str, str]:
-    """``{"target:<name>": sha256, "symmetry:<name>": sha256, "architecture:<name>": sha256}`` of the
-    plugins of a run (its target, its symmetry, the one its method uses, its flow's architecture) that
+    """``{"target:<name>": sha256, "symmetry:<name>": sha256, "architecture:<name>": sha256, ...}`` of
+    the plugins of a run (its target, its symmetry, the one its method uses, its flow's architecture,
+    its method) that
     shadow a built-in plugin of the same name (empty when the built-ins are used: their run ids stay)."""
     out = {}
     syms = [cfg.symmetry or target.symmetry()[0]]
@@ -159,7 +167,7 @@ def plugin_sources(cfg: RunConfig, target: Any) -> dict[str, str]:
         syms.append(method_class(cfg.method).symmetry_for(target)[0])
     used = [("target", plugins.targets, cfg.target),
             *(("symmetry", plugins.symmetries, s) for s in dict.fromkeys(syms)),
-            ("architecture", plugins.architectures, cfg.flow)]
+            ("architecture", plugins.architectures, cfg.flow), ("method", plugins.methods, cfg.method)]
     for kind, registry, name in used:
         digest = registry.shadow_digest(name)
         if digest is not None:

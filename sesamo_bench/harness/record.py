@@ -93,6 +93,9 @@ class RunRecord:
     distance_w1: float | None = metric(json=True)
     distance_w2: float | None = metric(json=True)
     reference_energy_mean: float | None = metric()
+    #: fraction of the final samples whose density an architecture's guard made finite but wrong
+    #: (the Fourier flows: |M| below the smallest normal number, or e^rho underflowing)
+    underflow: float | None = metric(json=True)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunRecord:

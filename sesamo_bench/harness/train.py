@@ -246,6 +246,21 @@ class Evaluation:
     #: importance-weighted breaking ratio of the samples and its error (where ``sign_fn`` is given)
     breaking_ratio_is: float | None = None
     breaking_ratio_is_err: float | None = None
+    #: fraction of samples whose density an architecture's guard made finite but wrong (M = 0, e^rho underflow)
+    underflow: float = 0.0
+
+
+def _underflow(model: Method, n: int) -> Tensor | None:
+    """OR of the ``underflow`` masks ``(n,)`` the model's modules recorded since the last read
+    (``architectures/u1_fourier.flag_underflow``), which are cleared."""
+    hit = None
+    for mod in model.modules():
+        flag = getattr(mod, "underflow", None)
+        if isinstance(flag, Tensor):
+            mod.underflow = None
+            if flag.shape == (n,):
+                hit = flag if hit is None else hit | flag
+    return hit
 
 
 @torch.no_grad()
@@ -260,6 +275,8 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
     was = model.training
     model.eval()
     lw, lw_path, outside, xs, signs = [], [], 0, [], []
+    under = 0
+    _underflow(model, 0)  # clear what training recorded
     done = 0
     while done < n:
         if should_stop is not None and should_stop():
@@ -267,8 +284,11 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
             raise EvaluationStopped()
         m = min(chunk, n - done)
         s = model.sample(m)
+        hit = _underflow(model, m)
         lp = target.log_prob(s.x)
         lw.append(log_weights(lp, model.log_prob(s.x)).double())
+        hits = [h for h in (hit, _underflow(model, m)) if h is not None]  # sampling path, exact density
+        under += int(torch.stack(hits).any(0).sum()) if hits else 0
         lw_path.append(log_weights(lp, s.log_q).double())
         if s.cell is not None:
             outside += int((model.symmetry.penalty_fn(s.cell) > 0).sum())
@@ -284,7 +304,8 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
     n_eff = metrics.effective_samples(log_w)
     r_is = metrics.weighted_breaking_ratio(log_w, torch.cat(signs)) if signs else (None, None)
     return Evaluation(metrics.ess(log_w), lz, lz_err, metrics.ess(torch.cat(lw_path).cpu()), outside / n,
-                      x, log_w[:keep] if keep else None, n_eff, metrics.error_reliable(n_eff), *r_is)
+                      x, log_w[:keep] if keep else None, n_eff, metrics.error_reliable(n_eff), *r_is,
+                      underflow=under / n)
 
 
 @torch.no_grad()
@@ -358,6 +379,7 @@ class Result:
     log_z_err: float | None = None
     ess_path: float | None = None
     outside_cell: float | None = None
+    underflow: float | None = None
     breaking_ratio: float | None = None
     breaking_ratio_exact: float | None = None
     probabilities: list[float] | None = None
@@ -637,6 +659,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     return Result(
         config=cfg, status="finished", steps=step, wall_s=done.wall_s,
         ess=ev.ess, log_z=ev.log_z, log_z_err=ev.log_z_err, ess_path=ev.ess_path, outside_cell=ev.outside_cell,
+        underflow=ev.underflow,
         breaking_ratio=model.breaking_ratio(),
         breaking_ratio_exact=target.breaking_ratio(),
         probabilities=model.probabilities(),

@@ -13,16 +13,57 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ..core.metrics import error_reliable
 from .formatting import _finite
 
-#: the statuses a run record can have, and the display order of the methods (others follow alphabetically)
+#: the statuses a run record can have
 STATUSES = ("finished", "failed", "diverged", "interrupted", "running")
+#: the methods of the paper's Table 1, in its column order
 METHOD_ORDER = ("realnvp", "canonicalization", "sesamo")
-METHOD_LABELS = {"realnvp": "RealNVP", "canonicalization": "Canonicalization", "sesamo": "SESaMo"}
+
+
+def _method(method: str) -> Any:
+    """The class of a discovered method, None for a name no plugin declares (a stored row of a
+    method that is not installed here)."""
+    from .. import plugins
+
+    return plugins.methods.items.get(method)
+
+
+def method_label(method: str) -> str:
+    """How tables and plots name ``method``: the ``label`` its class declares (else its name)."""
+    return getattr(_method(method), "label", "") or method
+
+
+def method_colour(method: str, i: int = 0) -> str:
+    """Its plot colour: the ``colour`` its class declares, else the ``i``-th of matplotlib's cycle."""
+    return getattr(_method(method), "colour", "") or f"C{(i + 3) % 10}"
+
+
+class _Labels(Mapping):
+    """``{name: label}`` of every discovered method, read from the classes (:func:`method_label`)."""
+
+    def __getitem__(self, method: str) -> str:
+        if _method(method) is None:
+            raise KeyError(method)
+        return method_label(method)
+
+    def __iter__(self) -> Iterator[str]:
+        from .. import plugins
+
+        return iter(plugins.methods.items)
+
+    def __len__(self) -> int:
+        from .. import plugins
+
+        return len(plugins.methods.items)
+
+
+#: ``{name: label}`` of every method (declared on the method classes)
+METHOD_LABELS: Mapping[str, str] = _Labels()
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -94,8 +135,10 @@ def _params_sort(params: dict[str, Any]) -> tuple:
     return tuple((k, _sort_value(params[k])) for k in sorted(params))
 
 def method_rank(method: str) -> tuple[int, str]:
-    """Sort key putting the paper's methods in the paper's column order."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    """Sort key of the methods: the ``order`` their classes declare (the paper's three first, in
+    its column order), then the name; methods not installed here last."""
+    cls = _method(method)
+    return (getattr(cls, "order", 100), method) if cls is not None else (10**6, method)
 
 def _group_sort(g: dict[str, Any]) -> tuple:
     return (g["benchmark"] or "", g["target"], _params_sort(g["params"]), g["preset"] or "", method_rank(g["method"]),

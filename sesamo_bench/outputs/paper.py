@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import UnknownNameError
-from .aggregate import (METHOD_LABELS, METHOD_ORDER, _same, _target_defaults, aggregate, params_key, params_label,
+from .aggregate import (METHOD_ORDER, method_label, _same, _target_defaults, aggregate, params_key, params_label,
                         shown_params)
 from .formatting import FORMATS, _latex_escape, _table, format_err, parse_err
 
@@ -49,7 +49,6 @@ def paper_table1() -> dict[str, dict[str, Any]]:
 
 #: methods the paper's Table 1 has no column for: ours only
 EXTRA_METHODS = ("equivariant", "vmonf")
-EXTRA_LABELS = {"equivariant": "Equivariant", "vmonf": "VMONF"}
 
 
 def _not_applicable(method: str, target: str, params: dict[str, Any]) -> str | None:
@@ -58,10 +57,10 @@ def _not_applicable(method: str, target: str, params: dict[str, Any]) -> str | N
         return None
     try:
         from .. import plugins
-        from ..core.equivariant import Equivariant, architectures_for
+        from ..core.equivariant import architectures_for
 
         tgt = plugins.targets.create(target, params)
-        group = Equivariant.symmetry_for(tgt)[0]
+        group = plugins.methods.get("equivariant").symmetry_for(tgt)[0]
         return None if architectures_for(group, tgt) else f"n/a: no {group}-equivariant flow"
     except Exception:  # a missing plugin: nothing to say
         return None
@@ -137,8 +136,8 @@ def render_table1(runs: Iterable[dict[str, Any]], fmt: str = "markdown") -> str:
         return buf.getvalue()
     headers = ["model", "symmetry", "ours: params"]
     for m in METHOD_ORDER:
-        headers += [f"{METHOD_LABELS[m]} (paper)", f"{METHOD_LABELS[m]} (ours)"]
-    headers += [f"{EXTRA_LABELS[m]} (ours)" for m in EXTRA_METHODS]
+        headers += [f"{method_label(m)} (paper)", f"{method_label(m)} (ours)"]
+    headers += [f"{method_label(m)} (ours)" for m in EXTRA_METHODS]
     rows = []
     for r in records:
         shown = {} if r["params"] is None else shown_params(r["target"], r["params"])

@@ -36,20 +36,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import UnknownNameError  # noqa: E402
-from .aggregate import METHOD_LABELS, _mean_std, method_rank, params_key, params_label, shown_params  # noqa: E402
+from .aggregate import _mean_std, method_colour, method_label, method_rank, params_key, params_label, shown_params  # noqa: E402,E501
 
 KINDS = ("density", "ess-time", "breaking", "particles", "autocorr")
 DPI = 120
 SWEEP_PREFERENCE = ("beta", "alpha", "b")
-COLORS = {"realnvp": "tab:blue", "canonicalization": "tab:green", "sesamo": "tab:orange"}
 
 
 def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return method_label(method)
 
 
 def _color(method: str, i: int) -> str:
-    return COLORS.get(method, f"C{(i + 3) % 10}")
+    return method_colour(method, i)
 
 
 def _finite(v: Any) -> bool:

@@ -1,0 +1,107 @@
+r"""``sesamo`` (paper Sec. 3.1, App. E-F): y = g(z) in the canonical cell, u ~ p_S, x = T_u y.
+
+Symmetry-enforcing stochastic modulation: the flow maps into one canonical cell (penalised) and a
+modulation distribution p_S over the group, learnable where the target breaks the symmetry,
+picks the copy. The exact density is a sum over the preimages of x.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from sesamo_bench.core.architecture import Domain, FlowSpec
+from sesamo_bench.core.method import Method, Sample
+from sesamo_bench.errors import IncompatibleError
+
+
+class SESaMo(Method):
+    r"""Symmetry-enforcing stochastic modulation: x = T_u g(z), u ~ p_S (paper Eq. 13-15).
+
+    Two constructions, chosen by what the flow's architecture declares:
+
+    - **cell** (the paper's): y = embed(g(z)) in the canonical cell (penalised), u ~ p_S,
+      x = T_u y, on ``symmetry.flow_dim`` real components (R^(2V-1) for U(1), reference notes);
+    - **equivariant**, when the architecture declares the symmetry in its ``equivariance`` (e.g.
+      ``lattice-u1`` for U(1)) and the prior is invariant (mean 0): the flow acts on the whole
+      field, y = g(z), and the modulation replaces y's group element by a draw from p_S.
+
+    Derivation of the equivariant density. Let q_y be the density of y = g(z) on the field space.
+    g commutes with every T_h and the prior is invariant, so q_y(T_h y) = q_y(y) for all h.
+    Canonicalise y = T_c y_c (``symmetry.canonicalize``), draw u ~ p_S independently and put
+    x = T_u y_c. Write the field space in orbit coordinates (y_c, c): for a finite group the map
+    is |G|-to-one onto the cell times G, for U(1) it is the polar decomposition
+    y = e^{i phi} y_c (Im M(y_c) = 0, Re M(y_c) > 0) with volume element J(y_c) d y_c d phi. Under
+    q_y, c is uniform (Haar density p_H = 1/|G| or 1/(2 pi)) and independent of y_c, because q_y is
+    constant on orbits. The density of y_c in the cell is therefore q_c(y_c) = q_y(y_c) J(y_c) / p_H
+    (J = 1 for finite groups), and x has, in the same coordinates, density q_c(y_c) p_S(u); back in
+    field coordinates (divide by J):
+
+        q(x) = q_y(y_c) p_S(u) / p_H = q_y(x) p_S(u) / p_H,   (x = T_u y_c, q_y invariant)
+
+    i.e. ln q(x) = ln q_0(g^{-1}(x)) + ln|det dg^{-1}/dx| + ln p_S(u(x)) - ln p_H, with u(x) the
+    group element of x's canonicalisation. Exact p_S = p_H gives q = q_y, invariant under T_h; for
+    U(1) with p_S(theta) = 1 / (2 pi h'(v)), theta = 2 pi h(v), the factor is 1 / h'(v). No cell
+    penalty is needed: y_c is in the cell by construction. ``tests/test_architectures.py`` checks
+    normalisation by importance sampling, phase invariance and the Jacobians.
+    """
+
+    name = "sesamo"
+    description = "flow into one cell, then a (learnable) stochastic modulation picks the group element"
+    label = "SESaMo"
+    colour = "tab:orange"
+    order = 2
+    uses_modulation = True
+
+    def __init__(self, shape, symmetry, **kw):
+        if symmetry is None:
+            raise IncompatibleError("sesamo needs a symmetry")
+        spec = kw.get("flow")
+        self.equivariant = spec is not None and symmetry.name in spec.cls.equivariance
+        if self.equivariant and kw.get("prior_mean", 0.0) != 0.0:
+            raise IncompatibleError(f"sesamo with the {symmetry.name}-equivariant architecture '{spec.name}' "
+                                    "needs an invariant prior: prior_mean must be 0")
+        super().__init__(shape, symmetry, **kw)
+
+    def flow_dim(self) -> int:
+        if self.equivariant:
+            return math.prod(self.shape)
+        return self.symmetry.flow_dim(math.prod(self.shape))
+
+    def flow_domain(self, spec: FlowSpec) -> Domain:
+        domain = super().flow_domain(spec)
+        if not self.equivariant and domain.dim != math.prod(self.shape) and spec.cls.accepts(domain) is not None:
+            raise IncompatibleError(
+                f"architecture '{spec.name}' {spec.cls.accepts(domain)}: sesamo with symmetry "
+                f"'{self.symmetry.name}' runs its flow on R^{domain.dim}; choose an architecture that is "
+                f"{self.symmetry.name}-equivariant (it then acts on the whole field) or one for flat domains")
+        return domain
+
+    def sample(self, n: int) -> Sample:
+        z = self.prior.sample(n)
+        yf, ladj = self.flow(z)
+        if self.equivariant:
+            yc, _ = self.symmetry.canonicalize(self._field(yf))
+            u, log_pu = self.symmetry.modulation.sample_and_log_prob(n, like=yf)
+            x = self.symmetry.act(yc, u)
+            return Sample(x, self.prior.log_prob(z) - ladj + log_pu - self.symmetry.haar_log_prob(), None, u)
+        y = self.symmetry.embed(yf, self.shape)
+        u, log_pu = self.symmetry.modulation.sample_and_log_prob(n, like=yf)
+        x = self.symmetry.act(y, u)
+        log_q = self.prior.log_prob(z) - ladj + log_pu - self.symmetry.modulation_ladj(y)
+        return Sample(x, log_q, y, u)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        if self.equivariant:
+            _, u = self.symmetry.canonicalize(x)
+            z, ladj = self.flow.inverse(x.reshape(x.shape[0], -1))
+            return (self.prior.log_prob(z) + ladj + self.symmetry.modulation.log_prob(u)
+                    - self.symmetry.haar_log_prob())
+        terms = []
+        for y, u in self.symmetry.preimages(x):
+            z, ladj = self.flow.inverse(self.symmetry.unembed(y))
+            terms.append(self.prior.log_prob(z) + ladj + self.symmetry.modulation.log_prob(u)
+                         - self.symmetry.modulation_ladj(y))
+        return torch.logsumexp(torch.stack(terms), 0)
