@@ -14,15 +14,16 @@ inverse); mu = 0, d = 0, W = 0 at construction, so a fresh flow is the identity.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sesamo_bench.core.architecture import Architecture, Domain
+from sesamo_bench.core.bijections import Chain, TriangularAffine, legacy_names
 from sesamo_bench.core.flows import RealNVP
 
 
-class AffineRealNVP(Architecture):
-    r"""RealNVP couplings, then x = mu + L y with a learned lower-triangular L.
+class AffineRealNVP(Chain, Architecture):
+    r"""RealNVP couplings, then x = mu + L y with a learned lower-triangular L:
+    ``Chain(RealNVP(D), TriangularAffine(D))``.
 
     Arguments:
         domain: any domain (a lattice field is split by the parity of all its indices).
@@ -30,6 +31,7 @@ class AffineRealNVP(Architecture):
             (``couplings = 0``: the Gaussian layer alone).
 
     Example:
+        >>> import torch
         >>> f = AffineRealNVP(Domain((3,)), couplings=2, width=8).double()
         >>> with torch.no_grad():
         ...     _ = f.shift.fill_(1.0)
@@ -44,38 +46,29 @@ class AffineRealNVP(Architecture):
 
     def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
                  activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
-        super().__init__()
-        self.domain, self.dim = domain, domain.dim
-        self.couplings = RealNVP(domain.dim, shape=domain.shape, couplings=couplings, hidden_layers=hidden_layers,
-                                 width=width, activation=activation, scale_bound=scale_bound,
-                                 kernels=kernels) if couplings else None
-        d = domain.dim
-        self.shift = nn.Parameter(torch.zeros(d))
-        self.log_diag = nn.Parameter(torch.zeros(d))
-        self.lower = nn.Parameter(torch.zeros(d, d))
-        self.register_buffer("_mask", torch.ones(d, d).tril(-1), persistent=False)
+        rnvp = [RealNVP(domain.dim, shape=domain.shape, couplings=couplings, hidden_layers=hidden_layers, width=width,
+                        activation=activation, scale_bound=scale_bound, kernels=kernels)] if couplings else []
+        # the affine layer's parameters listed first, as before the chain (optimizer states, a mixture's noise)
+        Chain.__init__(self, *rnvp, TriangularAffine(domain.dim), order=tuple(reversed(range(len(rnvp) + 1))))
+        self.domain = domain
+        # checkpoints of the layout before the chain: couplings.*, shift, log_diag, lower
+        k = len(rnvp)
+        legacy_names(self, {"couplings.": "parts.0.", **{n: f"parts.{k}.{n}" for n in ("shift", "log_diag", "lower")}})
+
+    @property
+    def couplings(self) -> RealNVP | None:
+        """The RealNVP couplings (``None`` with ``couplings = 0``)."""
+        return self.parts[0] if len(self.parts) == 2 else None
+
+    @property
+    def affine(self) -> TriangularAffine:
+        """The Gaussian layer x = mu + L y."""
+        return self.parts[-1]
+
+    shift = property(lambda self: self.affine.shift, doc="mu")
+    log_diag = property(lambda self: self.affine.log_diag, doc="d, the log of L's diagonal")
+    lower = property(lambda self: self.affine.lower, doc="W, L's strictly lower part")
 
     def matrix(self) -> Tensor:
         """L = diag(e^d) + tril(W, -1), ``(D, D)``."""
-        return torch.diag_embed(self.log_diag.exp()) + self.lower * self._mask
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """x = mu + L g(z) and ln|det dx/dz|."""
-        self.check_input(z)
-        if self.couplings is not None:
-            y, ladj = self.couplings(z)
-        else:
-            y, ladj = z, z.new_zeros(z.shape[0])
-        lm = self.matrix().to(z)
-        return torch.addmm(self.shift.to(z), y, lm.t()), ladj + self.log_diag.to(z).sum()
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """z = g^{-1}(L^{-1}(x - mu)) and ln|det dz/dx|."""
-        self.check_input(x)
-        lm = self.matrix().to(x)
-        y = torch.linalg.solve_triangular(lm, (x - self.shift.to(x)).t(), upper=False).t()
-        ladj = -self.log_diag.to(x).sum().expand(x.shape[0])
-        if self.couplings is None:
-            return y, ladj
-        z, ld = self.couplings.inverse(y)
-        return z, ladj + ld
+        return self.affine.matrix()

@@ -8,15 +8,15 @@ checkerboard).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import torch  # noqa: F401 - the doctest
 
-from sesamo_bench.core.architecture import Domain
-from sesamo_bench.core.lattice import ElementwiseCoupling
+from sesamo_bench.core.architecture import Domain  # noqa: F401 - the doctest
+from sesamo_bench.core.lattice import AffineCheckerboard
 
 
-class LatticeAffine(ElementwiseCoupling):
-    r"""Affine checkerboard couplings, conditioners are circular CNNs.
+class LatticeAffine(AffineCheckerboard):
+    r"""Affine checkerboard couplings, conditioners are circular CNNs
+    (:class:`~sesamo_bench.core.lattice.AffineCheckerboard`).
 
     Arguments:
         domain: a lattice field.
@@ -36,16 +36,3 @@ class LatticeAffine(ElementwiseCoupling):
 
     name = "lattice-affine"
     description = "checkerboard affine couplings, circular CNN conditioners (translation-equivariant)"
-    n_params = 2
-
-    def __init__(self, domain: Domain, *, couplings: int = 8, width: int = 16, hidden_layers: int = 1,
-                 kernel_size: int = 3, activation: str = "tanh", scale_bound: float = 3.0):
-        super().__init__(domain, couplings=couplings, width=width, hidden_layers=hidden_layers,
-                         kernel_size=kernel_size, activation=activation)
-        self.bound = float(scale_bound)
-
-    def elementwise(self, raw: Tensor, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        s, t = self.bound * torch.tanh(raw[..., 0] / self.bound), raw[..., 1]
-        if inverse:
-            return (x - t) * torch.exp(-s), -s
-        return x * torch.exp(s) + t, s

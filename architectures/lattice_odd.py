@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sesamo_bench.architectures.lattice_affine import LatticeAffine
+from sesamo_bench.core.lattice import AffineCheckerboard
 
 
-class LatticeOdd(LatticeAffine):
+class LatticeOdd(AffineCheckerboard):
     r"""Sign-flip- and translation-equivariant affine checkerboard couplings.
 
-    Arguments: as ``lattice-affine``.
+    Arguments: as ``lattice-affine`` (:class:`~sesamo_bench.core.lattice.AffineCheckerboard`).
 
     Example:
         >>> from sesamo_bench.core.architecture import Domain

@@ -38,85 +38,18 @@ draws theta).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from sesamo_bench.core.architecture import Architecture, Domain
-from sesamo_bench.core.flows import RealNVP
-
-
-#: the chart a_0 = e^rho of the magnetisation's size continues linearly beyond rho = RHO_MAX,
-#: a_0 = e^RHO_MAX (1 + rho - RHO_MAX) (C^1 and monotone, so still a bijection), so that no rho
-#: overflows; a trained flow stays far below (|M| / sqrt(V) = e^RHO_MAX is ~5e8 per mode)
-RHO_MAX = 20.0
+from sesamo_bench.core.architecture import Domain
+# the chart helpers and the Fourier basis live in the core (shared with z2-fourier); importable from here
+from sesamo_bench.core.magnetisation import (RHO_MAX, MagnetisationFrameFlow, chart, chart_inverse,  # noqa: F401
+                                             chart_log_terms, flag_underflow, fourier_basis)
 
 
-def chart(rho: Tensor) -> Tensor:
-    """a_0 = h(rho): e^rho up to :data:`RHO_MAX`, then its tangent line."""
-    big = math.exp(RHO_MAX) * (1 + (rho - RHO_MAX).clamp(min=0))
-    return torch.where(rho <= RHO_MAX, torch.exp(rho.clamp(max=RHO_MAX)), big)
-
-
-def chart_inverse(log_a0: Tensor) -> Tensor:
-    """rho = h^{-1}(a_0) from ln a_0."""
-    return torch.where(log_a0 <= RHO_MAX, log_a0, RHO_MAX + torch.expm1((log_a0 - RHO_MAX).clamp(min=0)))
-
-
-def chart_log_terms(rho: Tensor, *, log_h: bool) -> Tensor:
-    r"""ln h'(rho) (+ ln h(rho) with ``log_h``) minus its value rho (2 rho) of the pure exponential
-    chart: exactly 0 for rho <= RHO_MAX, so the log-determinants there are those of a_0 = e^rho."""
-    excess = (rho - RHO_MAX).clamp(min=0)
-    out = -excess  # ln h' = min(rho, RHO_MAX)
-    if log_h:
-        out = out + torch.log1p(excess) - excess  # ln h = RHO_MAX + log1p(rho - RHO_MAX) beyond
-    return torch.where(rho <= RHO_MAX, torch.zeros_like(rho), out)
-
-
-def flag_underflow(module: nn.Module, x_in: Tensor, rho_out: Tensor, v: int) -> None:
-    r"""OR into ``module.underflow`` (a bool mask ``(N,)``; a new one where the batch size changed)
-    the samples whose density is finite but wrong: |M| of the input ``(N, D)`` below the smallest
-    normal number (the M = 0 guard of ``_frame``), or a_0 = e^{rho_out} of the output not a normal
-    number. :func:`sesamo_bench.harness.train.evaluate` reads and clears it."""
-    tiny = torch.finfo(x_in.dtype).tiny
-    with torch.no_grad():
-        guarded = x_in.reshape(x_in.shape[0], v, -1).sum(1).norm(dim=1) < tiny
-        hit = guarded | (chart(rho_out.detach()) < tiny)
-    prev = getattr(module, "underflow", None)
-    module.underflow = hit if prev is None or prev.shape != hit.shape else prev | hit
-
-
-def fourier_basis(sites: tuple[int, ...]) -> Tensor:
-    r"""Real orthonormal Fourier basis of fields on a periodic lattice, ``(V, V)`` float64, one mode a row.
-
-    Row 0 is the zero mode 1 / sqrt(V); a momentum p with p = -p (mod L) gives one row
-    cos(p . j) / sqrt(V), any other pair (p, -p) gives sqrt(2 / V) cos(p . j) and sqrt(2 / V) sin(p . j).
-
-    Example:
-        >>> f = fourier_basis((4, 2))
-        >>> torch.allclose(f @ f.T, torch.eye(8, dtype=torch.float64))
-        True
-    """
-    v = math.prod(sites)
-    js = torch.tensor(list(itertools.product(*[range(s) for s in sites])), dtype=torch.float64)  # (V, d)
-    two_pi_over_l = torch.tensor([2 * math.pi / s for s in sites], dtype=torch.float64)
-    rows, seen = [], set()
-    for p in itertools.product(*[range(s) for s in sites]):
-        minus = tuple((-pi) % s for pi, s in zip(p, sites))
-        if p in seen:
-            continue
-        seen.update({p, minus})
-        phase = js @ (torch.tensor(p, dtype=torch.float64) * two_pi_over_l)
-        if minus == p:
-            rows.append(torch.cos(phase) / math.sqrt(v))
-        else:
-            rows += [torch.cos(phase) * math.sqrt(2 / v), torch.sin(phase) * math.sqrt(2 / v)]
-    return torch.stack(rows)
-
-
-class U1Fourier(Architecture):
+class U1Fourier(MagnetisationFrameFlow):
     r"""U(1)-equivariant flow: RealNVP and a diagonal affine map on (ln|M|, momentum modes) in the frame of M.
 
     Arguments:
@@ -140,6 +73,7 @@ class U1Fourier(Architecture):
     domains = ("lattice",)
     equivariance = ("u1",)
     run_fields = True
+    volume_power = 2  # the volume element a_0 d a_0 = e^{2 rho} d rho (the orbit's radius a_0 = e^rho)
 
     @classmethod
     def accepts(cls, domain: Domain) -> str | None:
@@ -151,14 +85,8 @@ class U1Fourier(Architecture):
     def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
                  activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
         super().__init__()
-        self.domain, self.dim = domain, domain.dim
-        self.v = math.prod(domain.sites)
-        d = 2 * self.v - 1
-        self.register_buffer("basis", fourier_basis(domain.sites), persistent=False)
-        self.couplings = RealNVP(d, couplings=couplings, hidden_layers=hidden_layers, width=width,
-                                 activation=activation, scale_bound=scale_bound, kernels=kernels)
-        self.log_scale = nn.Parameter(torch.zeros(d))
-        self.shift = nn.Parameter(torch.zeros(d))
+        self._build(domain, 2 * math.prod(domain.sites) - 1, couplings=couplings, hidden_layers=hidden_layers,
+                    width=width, activation=activation, scale_bound=scale_bound, kernels=kernels)
 
     def _frame(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(u ``(N, 2V-1)``, (cos theta, sin theta) ``(N, 2)``) of fields ``(N, D)``."""
@@ -182,25 +110,3 @@ class U1Fourier(Architecture):
         re = a * c[:, :1] - b * c[:, 1:]  # e^{i theta} y
         im = a * c[:, 1:] + b * c[:, :1]
         return torch.stack([re, im], -1).reshape(u.shape[0], self.dim)
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """x = g(z) and ln|det dx/dz|."""
-        self.check_input(z)
-        u, c = self._frame(z)
-        w, ladj = self.couplings(u)
-        w = torch.addcmul(self.shift.to(z), w, self.log_scale.to(z).exp())
-        ladj = ladj + self.log_scale.to(z).sum() + 2 * (w[:, 0] - u[:, 0])
-        ladj = ladj + chart_log_terms(w[:, 0], log_h=True) - chart_log_terms(u[:, 0], log_h=True)
-        flag_underflow(self, z, w[:, 0], self.v)
-        return self._field(w, c), ladj
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """z = g^{-1}(x) and ln|det dz/dx|."""
-        self.check_input(x)
-        w, c = self._frame(x)
-        u = (w - self.shift.to(x)) * torch.exp(-self.log_scale.to(x))
-        u, ladj = self.couplings.inverse(u)
-        ladj = ladj - self.log_scale.to(x).sum() + 2 * (u[:, 0] - w[:, 0])
-        ladj = ladj + chart_log_terms(u[:, 0], log_h=True) - chart_log_terms(w[:, 0], log_h=True)
-        flag_underflow(self, x, u[:, 0], self.v)
-        return self._field(u, c), ladj

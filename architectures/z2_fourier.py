@@ -21,7 +21,7 @@ and 0.615-0.642 in 65 000 steps (27-29 minutes on two threads), against 0.06 for
 A field whose magnetisation rounds to exactly 0.0 in float32 (one prior draw in ~10^6-10^7) is
 read as the smallest normal |M| (``_frame``); before, it gave ln|M| = -inf and stopped training
 with a non-finite loss. The density is then finite but wrong, as where e^{rho} of the output
-underflows: such samples are recorded (``u1_fourier.flag_underflow``) and counted by the final
+underflows: such samples are recorded (``core.magnetisation.flag_underflow``) and counted by the final
 evaluation (metric ``underflow``).
 """
 
@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import math
 
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from sesamo_bench.core.architecture import Architecture, Domain
-from sesamo_bench.architectures.u1_fourier import chart, chart_inverse, chart_log_terms, flag_underflow, fourier_basis
-from sesamo_bench.core.flows import RealNVP
+from sesamo_bench.core.architecture import Domain
+from sesamo_bench.core.magnetisation import MagnetisationFrameFlow, chart, chart_inverse
 
 
-class Z2Fourier(Architecture):
+class Z2Fourier(MagnetisationFrameFlow):
     r"""Z2-equivariant flow: RealNVP and a diagonal affine map on (ln|M|, momentum modes) of s x, s = sign M.
 
     Arguments:
@@ -59,6 +57,7 @@ class Z2Fourier(Architecture):
     domains = ("lattice",)
     equivariance = ("z2",)
     run_fields = True
+    volume_power = 1  # the volume element d a_0 = e^rho d rho
 
     @classmethod
     def accepts(cls, domain: Domain) -> str | None:
@@ -70,12 +69,8 @@ class Z2Fourier(Architecture):
     def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
                  activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
         super().__init__()
-        self.domain, self.dim = domain, domain.dim
-        self.register_buffer("basis", fourier_basis(domain.sites), persistent=False)
-        self.couplings = RealNVP(self.dim, couplings=couplings, hidden_layers=hidden_layers, width=width,
-                                 activation=activation, scale_bound=scale_bound, kernels=kernels)
-        self.log_scale = nn.Parameter(torch.zeros(self.dim))
-        self.shift = nn.Parameter(torch.zeros(self.dim))
+        self._build(domain, domain.dim, couplings=couplings, hidden_layers=hidden_layers, width=width,
+                    activation=activation, scale_bound=scale_bound, kernels=kernels)
 
     def _frame(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(u ``(N, V)``, s = sign M ``(N, 1)``) of fields ``(N, V)``."""
@@ -90,25 +85,3 @@ class Z2Fourier(Architecture):
 
     def _field(self, u: Tensor, s: Tensor) -> Tensor:
         return s * (torch.cat([chart(u[:, :1]), u[:, 1:]], 1) @ self.basis.to(u))
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """x = g(z) and ln|det dx/dz|."""
-        self.check_input(z)
-        u, s = self._frame(z)
-        w, ladj = self.couplings(u)
-        w = torch.addcmul(self.shift.to(z), w, self.log_scale.to(z).exp())
-        ladj = ladj + self.log_scale.to(z).sum() + (w[:, 0] - u[:, 0])
-        ladj = ladj + chart_log_terms(w[:, 0], log_h=False) - chart_log_terms(u[:, 0], log_h=False)
-        flag_underflow(self, z, w[:, 0], self.dim)
-        return self._field(w, s), ladj
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """z = g^{-1}(x) and ln|det dz/dx|."""
-        self.check_input(x)
-        w, s = self._frame(x)
-        u = (w - self.shift.to(x)) * torch.exp(-self.log_scale.to(x))
-        u, ladj = self.couplings.inverse(u)
-        ladj = ladj - self.log_scale.to(x).sum() + (u[:, 0] - w[:, 0])
-        ladj = ladj + chart_log_terms(u[:, 0], log_h=False) - chart_log_terms(w[:, 0], log_h=False)
-        flag_underflow(self, x, u[:, 0], self.dim)
-        return self._field(u, s), ladj

@@ -15,6 +15,7 @@ start from a slightly perturbed copy of the architecture's initialisation so the
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -48,12 +49,13 @@ class VMONF(Method):
             raise IncompatibleError(f"vmonf needs components >= 1, got {components}")
         super().__init__(shape, None, **kw)
         first = self._modules.pop("flow")
-        domain = first.inner.domain
         std = first.std
         extra = []
         gen = torch.Generator().manual_seed(components)
         for _ in range(components - 1):
-            comp = Standardized(self.spec.build(domain), mean=first.mean, std=std)
+            # a flow object given to the method: the other components are copies of it
+            inner = copy.deepcopy(first.inner) if self.spec.module is not None else self.spec.build(first.inner.domain)
+            comp = Standardized(inner, mean=first.mean, std=std)
             with torch.no_grad():
                 for p in comp.parameters():
                     p.add_(0.01 * torch.randn(p.shape, generator=gen, dtype=p.dtype))

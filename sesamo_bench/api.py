@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import plugins
 from .harness.config import RunConfig, check_hyper, resolve
 from .harness.store import DEFAULT_STORE, Store
+from .core.architecture import FlowSpec
 from .core.symmetry import Symmetry
 from .core.target import Target
 from .harness.train import Evaluation, Fit, build_model, check_exact, evaluate, fit  # noqa: F401 - re-exported
@@ -104,8 +105,21 @@ def default_symmetry(target: Target, **params: Any) -> Symmetry:
     return sym
 
 
+class _WithFlow:
+    """A run configuration whose flow is an object (what :func:`build_model` reads: ``flow_spec()``)."""
+
+    def __init__(self, cfg: RunConfig, spec: Any):
+        self._cfg, self._spec = cfg, spec
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self._cfg, key)
+
+    def flow_spec(self) -> Any:
+        return self._spec
+
+
 def create_method(name: str, target: Target, symmetry: Symmetry | None = None, *,
-                  settings: RunConfig | None = None, **arch: Any) -> Method:
+                  settings: RunConfig | None = None, flow: Any = None, **arch: Any) -> Method:
     r"""A method (``realnvp``, ``canonicalization``, ``sesamo``) for ``target``.
 
     Arguments:
@@ -113,14 +127,34 @@ def create_method(name: str, target: Target, symmetry: Symmetry | None = None, *
         target: the target (its shape and dtype).
         symmetry: a bound symmetry (:func:`default_symmetry`); ignored by ``realnvp``.
         settings: architecture, prior, device and dtypes (default: the built-in defaults).
+        flow: an architecture name (as ``--set flow=NAME``), or a flow object built in the notebook:
+            an :class:`~sesamo_bench.core.architecture.Architecture`, a
+            :class:`~sesamo_bench.core.bijections.Chain` of parts, any ``nn.Module`` with
+            ``forward(z) -> (x, ladj)``, ``inverse(x) -> (z, ladj)`` and ``dim`` (its dimension must
+            be the method's flow domain's; a one-line error otherwise). The object is trained in place
+            (it is moved to the settings' device and dtype).
         arch: overrides of those settings (``width=64``, ``couplings=4``, ``device="cuda"``, ...).
 
     Returns:
         The :class:`~sesamo_bench.core.methods.Method`, on its device and dtype, its weights drawn
         from torch's global generator.
+
+    Example:
+        >>> import sesamo_bench as sb
+        >>> from sesamo_bench.core.bijections import Chain, ElementwiseAffine
+        >>> from sesamo_bench.core.flows import RealNVP
+        >>> target = sb.create_target("gaussian-mixture")
+        >>> g = Chain(RealNVP(2, couplings=2, hidden_layers=1, width=8), ElementwiseAffine(2))
+        >>> model = sb.create_method("realnvp", target, flow=g)
+        >>> model.flow.inner is g
+        True
     """
+    if isinstance(flow, str):
+        arch = {**arch, "flow": flow}
     cfg = settings or RunConfig(target=target.name, method=name)
     cfg = dataclasses.replace(cfg, method=name, **{k: check_hyper(k, v, "create_method") for k, v in arch.items()})
+    if flow is not None and not isinstance(flow, str):
+        cfg = _WithFlow(cfg, FlowSpec.of(flow, kernels=cfg.kernels))
     return build_model(cfg, target, symmetry)
 
 

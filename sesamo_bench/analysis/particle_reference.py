@@ -35,6 +35,12 @@ from torch import Tensor
 from ..core.particles import ParticleTarget, load_reference, to_reduced
 from .autocorr import gamma_method
 from .hmc import HMC, sample_states
+from .samples import split_rhat, symmetry_move  # noqa: F401 - defined there, used here and by callers
+
+
+#: sizes of the HMC splits of :meth:`ShippedReference.training_data`
+TRAIN_ROWS = 20000
+TEST_ROWS = 5000
 
 
 class ShippedReference:
@@ -43,6 +49,8 @@ class ShippedReference:
 
     reference_file: ClassVar[str] = ""
     reference_params: ClassVar[dict] = {}
+    #: shipped training samples (``objective = ml | mixed``); the held-out split is ``reference_file``
+    training_file: ClassVar[str] = ""
 
     def has_shipped_reference(self) -> bool:
         p = self.params()
@@ -53,6 +61,26 @@ class ShippedReference:
         if not self.has_shipped_reference():
             return None
         return load_reference(self.reference_file, self.n_particles, self.spatial_dim)
+
+    def training_data(self, split: str = "train") -> Tensor | None:
+        """Reduced configurations (float64): ``"train"`` the shipped training file where the target's
+        parameters are the file's (:attr:`training_file`), else :data:`TRAIN_ROWS` states of the
+        suite's HMC; ``"test"`` always :data:`TEST_ROWS` states of the suite's HMC, from other
+        chains (:mod:`sesamo_bench.analysis.samples`; cached after the first use).
+
+        The held-out split is not a shipped file: the literature's DW-4 files are not disjoint (the
+        10 000 rows of ``val_split_DW4.npy`` hold 7 701 distinct configurations, 6 633 of which are
+        rows of ``train_split_DW4.npy``; the 100 000 training rows hold 30 091 distinct ones), and
+        the 1 068 validation configurations absent from the training file are no sample of p (their
+        mean energy is -20.81 against -22.48).
+        """
+        from .samples import hmc_split
+
+        if split not in ("train", "test"):
+            raise ValueError(f"training_data: split must be 'train' or 'test', got {split!r}")
+        if split == "train" and self.training_file and self.has_shipped_reference():
+            return to_reduced(load_reference(self.training_file, self.n_particles, self.spatial_dim))
+        return hmc_split(self, split, TRAIN_ROWS if split == "train" else TEST_ROWS)
 
     def reference_samples(self, n: int, *, generator: torch.Generator) -> Tensor:
         """``n`` reduced configurations (float64): draws with replacement from the shipped samples
@@ -68,35 +96,6 @@ class ShippedReference:
         """Starting positions ``(chains, n, d)`` for MCMC (a loose random cloud)."""
         return torch.randn(chains, self.n_particles, self.spatial_dim, dtype=torch.float64, generator=generator)
 
-
-
-def split_rhat(data: np.ndarray) -> float:
-    r"""Split R-hat of ``(chains, N)`` data: every chain cut in two halves, then
-    sqrt(((N' - 1) / N' W + B / N') / W) with W the mean within-half variance and B / N' the
-    variance of the half means (N' = N // 2)."""
-    a = np.asarray(data, dtype=float)
-    h = a.shape[1] // 2
-    halves = np.concatenate([a[:, :h], a[:, h:2 * h]], 0)
-    w = halves.var(1, ddof=1).mean()
-    b_over_n = halves.mean(1).var(ddof=1)
-    return float(math.sqrt(((h - 1) / h * w + b_over_n) / w))
-
-
-def symmetry_move(target: ParticleTarget):
-    """A global HMC move: a uniform random element of S_N x O(D) applied to the chains."""
-    from .. import plugins
-
-    name, params = target.symmetry()
-    sym = plugins.symmetries.create(name, params).bind(target.shape)
-
-    def move(y: Tensor, generator: torch.Generator) -> Tensor:
-        seed = int(torch.randint(2**62, (1,), generator=generator))
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            u = sym.random_elements(y.shape[0], y)
-        return sym.act(y, u)
-
-    return move
 
 
 def virial(target: ParticleTarget, y: Tensor) -> Tensor:

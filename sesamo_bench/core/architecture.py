@@ -201,24 +201,55 @@ def check_params(name: str, params: dict[str, Any], *, where: str = "--set") -> 
 
 @dataclass
 class FlowSpec:
-    r"""An architecture chosen by name with its parameters; :meth:`build` makes the flow.
+    r"""An architecture chosen by name with its parameters, or a flow already built; :meth:`build`
+    makes (or hands over) the flow.
 
     A method receives a ``FlowSpec`` (it knows the domain its flow acts on only after looking at
-    the symmetry and at what the architecture declares) and calls :meth:`build` once.
+    the symmetry and at what the architecture declares) and calls :meth:`build` once. A flow object
+    (:meth:`of`: an :class:`Architecture`, a :class:`~sesamo_bench.core.bijections.Chain`, any
+    :class:`torch.nn.Module` with ``forward(z) -> (x, ladj)``, ``inverse(x) -> (z, ladj)`` and
+    ``dim``) is used as it is, once its dimension is checked against the method's domain; a method
+    relying on an equivariance the object's class declares gets the object unchanged (its group
+    parameters are the object's own).
 
     Example:
         >>> spec = FlowSpec("realnvp", {"couplings": 2, "width": 8})
         >>> f = spec.build(Domain((4,)))
         >>> f.dim, type(f).name
         (4, 'realnvp')
+        >>> FlowSpec.of(f).build(Domain((4,))) is f
+        True
     """
 
     name: str = "realnvp"
     params: dict[str, Any] = field(default_factory=dict)
     kernels: str = "auto"
+    #: a flow already built (``None``: build architecture ``name`` with ``params``)
+    module: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, flow: Any, *, kernels: str = "auto") -> FlowSpec:
+        """A spec for ``flow``: a :class:`FlowSpec` (returned as it is), an architecture name, or a
+        flow object; :class:`ConfigError` (one line) for anything else or an object without ``dim``."""
+        if isinstance(flow, FlowSpec):
+            return flow
+        if isinstance(flow, str):
+            return cls(flow, {}, kernels=kernels)
+        if not isinstance(flow, nn.Module) or not callable(getattr(flow, "inverse", None)):
+            raise ConfigError(f"flow: expected an architecture name, a FlowSpec or a flow object (an nn.Module with "
+                              f"forward and inverse), got {type(flow).__name__}")
+        dim = getattr(flow, "dim", None)
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            raise ConfigError(f"flow: the {type(flow).__name__} object has no integer 'dim' (the D of the (N, D) "
+                              f"tensors it acts on)")
+        return cls(getattr(type(flow), "name", "") or type(flow).__name__, {}, kernels=kernels, module=flow)
 
     @functools.cached_property
     def cls(self) -> type[Architecture]:
+        """The architecture class (for a flow object that is no :class:`Architecture`: the base
+        class, which declares no equivariance and accepts any domain)."""
+        if self.module is not None:
+            return type(self.module) if isinstance(self.module, Architecture) else Architecture
         return registry().get(self.name)
 
     def build(self, domain: Domain, *, what: str = "", symmetry: Any = None) -> Architecture:
@@ -227,6 +258,12 @@ class FlowSpec:
         ``symmetry``: the bound symmetry a method relies on the flow to commute with (its parameters,
         such as a group order, then come from it: :meth:`Architecture.fit_symmetry`)."""
         reason = self.cls.accepts(domain)
+        if self.module is not None:
+            if reason is None and self.module.dim != domain.dim:
+                reason = f"acts on R^{self.module.dim}, but the flow must act on {domain.describe()} (D = {domain.dim})"
+            if reason is not None:
+                raise IncompatibleError(f"flow object {self.name}: {reason}" + (f" ({what})" if what else ""))
+            return self.module
         if reason is not None:
             raise IncompatibleError(f"architecture '{self.name}' {reason}" + (f" ({what})" if what else ""))
         params = check_params(self.name, self.params)
@@ -242,5 +279,7 @@ class FlowSpec:
             raise ConfigError(f"architecture '{self.name}': {exc}") from None
 
     def label(self) -> str:
+        if self.module is not None:
+            return f"{self.name}(object)"
         inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return self.name + (f"({inner})" if inner else "")

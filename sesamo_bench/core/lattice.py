@@ -159,3 +159,33 @@ class ElementwiseCoupling(LatticeFlow):
         moved = 1 - keep
         out = xa + y * moved
         return out, (ld * moved).flatten(1).sum(-1)
+
+
+class AffineCheckerboard(ElementwiseCoupling):
+    r"""Affine checkerboard couplings x_b -> x_b e^{s} + t, s = c tanh(raw / c) (per site and channel),
+    conditioners circular CNNs: the shared part of ``lattice-affine`` and ``lattice-odd`` (not an
+    architecture itself, it has no ``name``).
+
+    Arguments:
+        domain: a lattice field.
+        couplings: number of couplings (alternating colours).
+        width: channels of the hidden convolutions.
+        hidden_layers: number of hidden convolutions.
+        kernel_size: odd kernel side.
+        activation: relu, tanh, silu, gelu or elu.
+        scale_bound: bound c on |s| per coupling.
+    """
+
+    n_params = 2
+
+    def __init__(self, domain: Domain, *, couplings: int = 8, width: int = 16, hidden_layers: int = 1,
+                 kernel_size: int = 3, activation: str = "tanh", scale_bound: float = 3.0):
+        super().__init__(domain, couplings=couplings, width=width, hidden_layers=hidden_layers,
+                         kernel_size=kernel_size, activation=activation)
+        self.bound = float(scale_bound)
+
+    def elementwise(self, raw: Tensor, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        s, t = self.bound * torch.tanh(raw[..., 0] / self.bound), raw[..., 1]
+        if inverse:
+            return (x - t) * torch.exp(-s), -s
+        return x * torch.exp(s) + t, s

@@ -1,4 +1,11 @@
-r"""Training objective: the penalty of paper Eq. (11) and the self-reparametrized KL of Eq. (18)."""
+r"""Training objectives: the penalty of paper Eq. (11), the self-reparametrized KL of Eq. (18), and
+the negative log-likelihood of samples of the target (maximum likelihood, the forward KL up to a
+constant; Noé et al. 2019 and Köhler et al. 2020 train Boltzmann generators with it).
+
+With samples x_i ~ p, KL(p || q) = E_p[ln p] - E_p[ln q]; the first term does not depend on the
+flow, so minimising the mean of -ln q(x_i) (:func:`negative_log_likelihood`) is maximum likelihood.
+The ``mixed`` objective of a run is NLL + kl_weight * (reverse KL of Eq. 18).
+"""
 
 from __future__ import annotations
 
@@ -46,3 +53,8 @@ def self_reparametrized_kl(log_w: Tensor, pen: Tensor | None = None, *, gamma: f
     if gamma:
         loss = loss + gamma * (torch.logsumexp(log_w, 0) - math.log(log_w.shape[0]))
     return loss
+
+
+def negative_log_likelihood(log_q: Tensor) -> Tensor:
+    r"""mean_i[-ln q(x_i)] over samples x_i of the target (``log_q`` ``(N,)``, from the exact density)."""
+    return -log_q.mean()

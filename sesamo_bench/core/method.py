@@ -79,7 +79,11 @@ class Method(nn.Module):
     Arguments:
         shape: field shape of the target.
         symmetry: a bound :class:`~sesamo_bench.core.symmetry.Symmetry` (unused by ``realnvp``).
-        flow: the architecture and its parameters (default: ``realnvp`` built from ``arch``).
+        flow: the architecture and its parameters (a :class:`FlowSpec`, or an architecture name), or
+            a flow already built (an :class:`Architecture`, a
+            :class:`~sesamo_bench.core.bijections.Chain`, any ``nn.Module`` bijection with ``dim``:
+            :meth:`FlowSpec.of`), whose dimension must be the domain's (default: ``realnvp`` built
+            from ``arch``).
         arch: ``realnvp`` keyword arguments (couplings, hidden_layers, width, activation,
             scale_bound); used when ``flow`` is not given.
         lattice: number of leading axes of ``shape`` that are a periodic lattice (0: none).
@@ -102,6 +106,9 @@ class Method(nn.Module):
     #: the method relies on the flow commuting with its symmetry, so the flow takes its group
     #: parameters (e.g. the order of Z_M) from it (:meth:`Architecture.fit_symmetry`)
     equivariant: ClassVar[bool] = False
+    #: :meth:`log_prob` is the exact density of :meth:`sample`, so the method can learn from samples of
+    #: the target (``objective = ml | mixed``) and be reweighted; a method without one sets False
+    exact_density: ClassVar[bool] = True
 
     @classmethod
     def symmetry_for(cls, target: Any) -> tuple[str, dict[str, Any]]:
@@ -122,15 +129,17 @@ class Method(nn.Module):
         """What the trained model says about itself, stored with the run's metrics."""
         return {}
 
-    def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *, flow: FlowSpec | None = None,
-                 arch: dict[str, Any] | None = None, lattice: int = 0, particles: tuple[int, int] | None = None,
+    def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *,
+                 flow: FlowSpec | nn.Module | str | None = None, arch: dict[str, Any] | None = None,
+                 lattice: int = 0, particles: tuple[int, int] | None = None,
                  prior_mean: float = 0.0, prior_var: float = 1.0, kernels: str = "auto"):
         super().__init__()
         self.shape = tuple(shape)
         self.symmetry = symmetry
         self.lattice = int(lattice)
         self.particles = None if particles is None else tuple(particles)
-        spec = flow if flow is not None else FlowSpec("realnvp", dict(arch or {}), kernels=kernels)
+        spec = FlowSpec.of(flow, kernels=kernels) if flow is not None else FlowSpec("realnvp", dict(arch or {}),
+                                                                                    kernels=kernels)
         self.spec = spec
         domain = self.flow_domain(spec)
         self.prior = GaussianPrior(domain.dim, mean=prior_mean, var=prior_var)

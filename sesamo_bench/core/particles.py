@@ -200,3 +200,129 @@ def relaxed(energy, x: Tensor, *, steps: int = 500, lr: float = 0.01, max_step: 
         norm = step.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         x = (x + step * torch.clamp(max_step / norm, max=1.0)).detach()
     return x
+
+
+# --- the literature's coordinate-space W2 (x-W2) -----------------------------------------------
+#: :func:`aligned_sq_distances` searches all n! permutations exactly up to this many (n <= 6)
+MAX_PERMUTATIONS = 720
+#: equal-size subsamples of :func:`coordinate_w2` (each set drawn without replacement)
+XW2_SAMPLES = 500
+
+
+def procrustes_sq(a: Tensor, b: Tensor, *, reflections: bool = True) -> Tensor:
+    r"""min over R in O(d) (SO(d) without ``reflections``) of |a - b R^T|^2 for mean-free
+    configurations ``a``, ``b`` ``(..., n, d)`` with the particles in the same order: |a|^2 + |b|^2
+    - 2 sum_k s_k, s_k the singular values of b^T a (Kabsch; for SO(d) the smallest one counts with
+    the sign of det(b^T a))."""
+    m = b.transpose(-1, -2) @ a
+    s = torch.linalg.svdvals(m)
+    if not reflections:
+        s = torch.cat([s[..., :-1], s[..., -1:] * torch.sign(torch.linalg.det(m)).unsqueeze(-1)], -1)
+    return (a * a).sum((-1, -2)) + (b * b).sum((-1, -2)) - 2.0 * s.sum(-1)
+
+
+def _kabsch_rotation(a: Tensor, b: Tensor, reflections: bool) -> Tensor:
+    """The R of :func:`procrustes_sq` for one pair ``(n, d)``: b R^T is closest to a."""
+    u, _, vh = torch.linalg.svd(b.T @ a)
+    if not reflections and float(torch.linalg.det(u @ vh)) < 0:
+        u = torch.cat([u[:, :-1], -u[:, -1:]], 1)
+    return (u @ vh).T
+
+
+def aligned_sq_distances(a: Tensor, b: Tensor, *, reflections: bool = True) -> Tensor:
+    r"""``(k, l)`` squared distances min_{R, P} |a_i - P b_j R^T|^2 between mean-free configurations
+    ``a`` ``(k, n, d)`` and ``b`` ``(l, n, d)`` (float64), minimised over the orthogonal group O(d)
+    (SO(d) without ``reflections``) and the n! permutations P of the particles.
+
+    Up to :data:`MAX_PERMUTATIONS` permutations the minimum is exact (every permutation, each with
+    the closed-form Procrustes minimum of :func:`procrustes_sq`). Beyond, it is the usual
+    alternating search, an upper bound of the minimum: from each of the 2^d sign choices of the
+    two configurations' principal axes, the permutation of the rotated b by the Hungarian algorithm
+    (``scipy.optimize.linear_sum_assignment``), the best rotation for it (Kabsch), once more the
+    permutation and the rotation; exact for a rotated and permuted copy with distinct principal
+    moments.
+    """
+    import itertools
+    import math
+
+    a, b = a.double(), b.double()
+    k, n, d = a.shape
+    if math.factorial(n) <= MAX_PERMUTATIONS:
+        perms = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
+        bp = b[:, perms]  # (l, P, n, d)
+        norms = (a * a).sum((1, 2))[:, None] + (b * b).sum((1, 2))[None, :]
+        chunk = max(1, 2_000_000 // max(1, b.shape[0] * perms.shape[0]))
+        rows = []
+        for i in range(0, k, chunk):
+            m = torch.einsum("ind,jpne->ijpde", a[i:i + chunk], bp)  # a^T P b per pair: the same singular values
+            s = torch.linalg.svdvals(m)
+            if not reflections:
+                s = torch.cat([s[..., :-1], s[..., -1:] * torch.sign(torch.linalg.det(m)).unsqueeze(-1)], -1)
+            rows.append(s.sum(-1).amax(-1))
+        return (norms - 2.0 * torch.cat(rows)).clamp_min(0.0)
+    return _aligned_alternating(a, b, reflections)
+
+
+def _principal_frames(x: Tensor) -> Tensor:
+    """Principal axes ``(N, d, d)`` (columns) of mean-free configurations ``(N, n, d)``."""
+    return torch.linalg.eigh(x.transpose(1, 2) @ x).eigenvectors
+
+
+def _aligned_alternating(a: Tensor, b: Tensor, reflections: bool, iterations: int = 3) -> Tensor:
+    import itertools
+
+    from scipy.optimize import linear_sum_assignment
+
+    d = a.shape[2]
+    fa, fb = _principal_frames(a), _principal_frames(b)
+    signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=d)), dtype=torch.float64)
+    out = torch.full((a.shape[0], b.shape[0]), float("inf"), dtype=torch.float64)
+    for i in range(a.shape[0]):
+        ai = a[i]
+        for s in signs:
+            rot = fb @ torch.diag(s) @ fa[i].T  # b_j V_bj diag(s) V_a^T: b in a's principal frame
+            if not reflections and not bool((torch.linalg.det(rot) > 0).any()):
+                continue
+            for j in range(b.shape[0]):
+                r = rot[j]
+                if not reflections and float(torch.linalg.det(r)) < 0:
+                    continue
+                for _ in range(iterations):  # permutation (Hungarian), then rotation (Kabsch)
+                    cost = torch.cdist(ai, b[j] @ r).pow(2).numpy()
+                    perm = torch.as_tensor(linear_sum_assignment(cost)[1])  # b's particle for each of a's
+                    r = _kabsch_rotation(ai, b[j, perm], reflections).T
+                    out[i, j] = min(float(out[i, j]), float(procrustes_sq(ai, b[j, perm], reflections=reflections)))
+    return out.clamp_min(0.0)
+
+
+def coordinate_w2(a: Tensor, b: Tensor, *, n_samples: int = XW2_SAMPLES, seed: int = 0,
+                  reflections: bool = True) -> float:
+    r"""The literature's coordinate-space 2-Wasserstein distance (x-W2) of two sets of particle
+    configurations ``(N, n, d)`` and ``(M, n, d)`` (positions; the centre of mass is removed here).
+
+    Equal-size subsamples of k = min(n_samples, N, M) configurations each (without replacement,
+    ``seed``); the ground cost of two configurations is the squared distance in R^{n d} after the
+    optimal alignment (rotations and reflections, permutations: :func:`aligned_sq_distances`), and
+    x-W2 = sqrt(min over assignments of the mean cost) (:func:`~sesamo_bench.core.metrics.assignment_w2`).
+    It is in units of length, over all n d coordinates (not per particle), and biased upwards by
+    the finite k (not yet measured on DW-4 / LJ-13): compare numbers only at equal k. Unlike the suite's
+    ``dist W2`` (the 1-D W2 of pooled pair distances) it sees the joint arrangement of the
+    particles.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(50, 4, 2, dtype=torch.float64, generator=g)
+        >>> moved = x[:, [2, 0, 3, 1]] @ torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+        >>> coordinate_w2(x, moved) < 1e-6
+        True
+    """
+    from .metrics import assignment_w2
+
+    k = min(int(n_samples), a.shape[0], b.shape[0])
+    if k < 1:
+        raise ValueError("coordinate_w2: both sample sets need at least one configuration")
+    rng = np.random.default_rng(seed)
+    ia, ib = rng.choice(a.shape[0], k, replace=False), rng.choice(b.shape[0], k, replace=False)
+    xa, xb = a[torch.as_tensor(ia)].double(), b[torch.as_tensor(ib)].double()
+    xa, xb = xa - xa.mean(1, keepdim=True), xb - xb.mean(1, keepdim=True)
+    return assignment_w2(aligned_sq_distances(xa, xb, reflections=reflections).numpy())

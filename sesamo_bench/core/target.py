@@ -106,6 +106,23 @@ class Target:
         """
         return None
 
+    def training_data(self, split: str = "train") -> Tensor | None:
+        r"""Samples of p for objectives that learn from samples (``objective = ml | mixed``).
+
+        Arguments:
+            split: ``"train"`` (what training draws its batches from) or ``"test"`` (held out:
+                never used in training; the held-out NLL of every run is computed on it).
+
+        Returns:
+            float64 configurations ``(M, *shape)``, or ``None`` where the target has none (the
+            default). The two splits must not share rows.
+        """
+        return None
+
+    def offers_training_data(self) -> bool:
+        """Whether :meth:`training_data` is provided (asked without generating anything)."""
+        return type(self).training_data is not Target.training_data
+
     def reference_metrics(self, x: Tensor) -> dict[str, float | None]:
         r"""Distances of the model's samples ``x`` ``(N, *shape)`` (unweighted draws of q) to this
         target's reference samples, stored with the run (particle targets: the Wasserstein

@@ -31,6 +31,9 @@ DTYPES = ("auto", "float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("plateau", "cosine")
 MLP_DTYPES = ("auto", "float32", "float64")  # the coupling MLPs' dtype; auto: the run's dtype
+#: training objectives (:mod:`sesamo_bench.core.loss`): the energy-only reverse KL of the paper, maximum
+#: likelihood on the target's training samples, and their weighted sum (Noé et al. 2019)
+OBJECTIVES = ("reverse-kl", "ml", "mixed")
 
 
 def hyper(default: Any, *, lo: float | None = None, above: float | None = None, hi: float | None = None,
@@ -116,6 +119,11 @@ class RunConfig:
     flow_params: dict[str, Any] = field(default_factory=dict, metadata={"later": True})
     # the number of flows of a mixture (method vmonf)
     components: int = hyper(4, lo=1, hi=64, later=True)
+    # what training minimises: reverse-kl (the self-reparametrized KL above, from the energy only),
+    # ml (maximum likelihood on the target's training samples, Target.training_data), or mixed:
+    # ml + kl_weight * reverse-kl (Noé et al. 2019, Boltzmann generators)
+    objective: str = hyper("reverse-kl", choices=OBJECTIVES, later=True)
+    kl_weight: float = hyper(0.1, lo=0, hi=1e3, later=True)
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}

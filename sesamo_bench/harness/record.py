@@ -96,6 +96,12 @@ class RunRecord:
     #: fraction of the final samples whose density an architecture's guard made finite but wrong
     #: (the Fourier flows: |M| below the smallest normal number, or e^rho underflowing)
     underflow: float | None = metric(json=True)
+    #: the mean of -ln q over the target's held-out samples (Target.training_data("test"), never
+    #: trained on), its standard error, per dimension of the field, and the number of samples
+    nll: float | None = metric(json=True)
+    nll_err: float | None = metric(json=True)
+    nll_per_dim: float | None = metric(json=True)
+    nll_n: int | None = metric()
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunRecord:

@@ -32,7 +32,7 @@ from .config import RunConfig
 from .record import METRICS
 from ..errors import ConfigError, DivergedError, IncompatibleError
 from ..core.flows import MLP
-from ..core.loss import log_weights, penalty, self_reparametrized_kl
+from ..core.loss import log_weights, negative_log_likelihood, penalty, self_reparametrized_kl
 from ..core.architecture import target_domain
 from ..core.methods import Method, method_class
 from ..core.symmetry import Symmetry
@@ -210,11 +210,28 @@ def prepare(cfg: RunConfig) -> tuple[Target, Symmetry | None]:
     target = build_target(cfg)
     check_size(cfg, target)  # before anything the size of the run is allocated
     check_finite_action(target)
+    check_objective(cfg, target)
     sym = None
     if method_class(cfg.method).needs_symmetry or cfg.symmetry:
         sym = build_symmetry(cfg, target)
         check_exact(sym, target)
     return target, sym
+
+
+def check_objective(cfg: RunConfig, target: Target) -> None:
+    """An objective that learns from samples needs a target with training samples and a method with
+    an exact density (one-line :class:`~sesamo_bench.errors.ConfigError` otherwise)."""
+    if cfg.objective == "reverse-kl":
+        return
+    if not target.offers_training_data():
+        have = [n for n in plugins.targets.names()
+                if plugins.targets.items[n].training_data is not Target.training_data]
+        raise ConfigError(f"objective '{cfg.objective}' learns from samples of the target, and target "
+                          f"'{cfg.target}' has none (Target.training_data); targets with them: {', '.join(have)}")
+    mcls = method_class(cfg.method)
+    if not mcls.exact_density:
+        raise ConfigError(f"objective '{cfg.objective}' needs the exact density of the samples, which method "
+                          f"'{cfg.method}' does not have; use objective=reverse-kl")
 
 
 def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
@@ -309,6 +326,29 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
 
 
 @torch.no_grad()
+def heldout_nll(model: Method, target: Target, *, chunk: int = 4096) -> dict[str, float]:
+    r"""The mean of -ln q(x) over the target's held-out samples (``training_data("test")``, never used
+    in training), its standard error, and per dimension of the field (for particles: per reduced
+    coordinate, the (n - 1) d Helmert coordinates; the centre-of-mass-free subspace, on which the
+    Helmert map is an isometry). Non-finite -ln q (a sample outside the model's support) gives inf."""
+    x = target.training_data("test")
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        lq = torch.cat([model.log_prob(x[i:i + chunk].to(device=device, dtype=dtype)).double().cpu()
+                        for i in range(0, x.shape[0], chunk)])
+    finally:
+        model.train(was)
+    nll = -lq
+    if not bool(torch.isfinite(nll).all()):
+        return {"nll": math.inf, "nll_err": None, "nll_per_dim": math.inf, "nll_n": int(x.shape[0])}
+    mean, err = float(nll.mean()), float(nll.std() / math.sqrt(nll.numel()))
+    return {"nll": mean, "nll_err": err, "nll_per_dim": mean / target.dim, "nll_n": int(x.shape[0])}
+
+
+@torch.no_grad()
 def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16384,
             should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     r"""The target mass where the model has no support (ln q = -inf), from ``n`` reference samples of p.
@@ -399,6 +439,11 @@ class Result:
     distance_w1: float | None = None
     distance_w2: float | None = None
     reference_energy_mean: float | None = None
+    distance_xw2: float | None = None
+    nll: float | None = None
+    nll_err: float | None = None
+    nll_per_dim: float | None = None
+    nll_n: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     error: str | None = None
@@ -433,9 +478,10 @@ def param_groups(model: Method, cfg: RunConfig) -> list[dict[str, Any]]:
 class Trainer:
     r"""Optimizer, learning-rate schedule and one training step of a run.
 
-    A step draws ``batch_size`` samples, evaluates the self-reparametrized KL with the penalty
-    (paper Eqs. 11, 18), back-propagates and updates the flow and the breaking parameters with
-    (fused) Adam; the schedule is the paper's plateau rule or a cosine anneal (``lr_schedule``).
+    A step draws ``batch_size`` samples, evaluates the objective (:meth:`loss`: by default the
+    self-reparametrized KL with the penalty, paper Eqs. 11, 18), back-propagates and updates the flow
+    and the breaking parameters with (fused) Adam; the schedule is the paper's plateau rule or a
+    cosine anneal (``lr_schedule``).
     :func:`train` loops over :meth:`step`; the performance benchmark times it.
     """
 
@@ -450,13 +496,30 @@ class Trainer:
                 self.opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min)
         self.losses: collections.deque[float] = collections.deque(maxlen=cfg.lr_window)
         self.sample_fn = torch.compile(model.sample, dynamic=False) if cfg.compile else model.sample
+        #: the target's training samples, for objectives that learn from them (None: reverse-kl)
+        self.data: Tensor | None = None
+        if cfg.objective != "reverse-kl":
+            dtype = next(model.parameters()).dtype
+            self.data = target.training_data("train").to(device=device, dtype=dtype)
 
     @property
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
 
     def loss(self) -> Tensor:
-        """The objective on one fresh batch (scalar, with graph)."""
+        """The objective on one fresh batch (scalar, with graph): ``objective = reverse-kl`` the
+        self-reparametrized KL of ``batch_size`` samples of the model, ``ml`` the negative
+        log-likelihood of ``batch_size`` training samples (drawn with replacement), ``mixed`` the NLL
+        plus ``kl_weight`` times the KL."""
+        cfg = self.cfg
+        if self.data is None:
+            return self.reverse_kl()
+        idx = torch.randint(self.data.shape[0], (cfg.batch_size,), device=self.data.device)
+        nll = negative_log_likelihood(self.model.log_prob(self.data[idx]))
+        return nll if cfg.objective == "ml" else nll + cfg.kl_weight * self.reverse_kl()
+
+    def reverse_kl(self) -> Tensor:
+        """The self-reparametrized KL with the penalty (paper Eqs. 11, 18) on ``batch_size`` samples."""
         cfg, model = self.cfg, self.model
         s = self.sample_fn(cfg.batch_size)
         log_w = log_weights(self.target.log_prob(s.x), s.log_q)
@@ -655,6 +718,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
     except EvaluationStopped:
         raise Interrupted(step) from None  # the checkpoint of the last step was just written
     ref_metrics = target.reference_metrics(ev.x) if ev.x is not None else {}
+    held = heldout_nll(model, target) if target.offers_training_data() else {}
     exact_err = getattr(target, "breaking_ratio_error", None)
     return Result(
         config=cfg, status="finished", steps=step, wall_s=done.wall_s,
@@ -666,7 +730,7 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         probabilities_exact=target.mode_probabilities() if model.probabilities() is not None else None,
         log_z_exact=target.log_z(), ess_n=ev.ess_n, log_z_err_reliable=ev.log_z_err_reliable,
         breaking_ratio_is=ev.breaking_ratio_is, breaking_ratio_is_err=ev.breaking_ratio_is_err,
-        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup, **ref_metrics,
+        breaking_ratio_exact_err=exact_err() if exact_err is not None else None, **sup, **ref_metrics, **held,
         device=str(device), dtype=str(dtype).replace("torch.", ""),
         history=done.history, samples=ev.x, sample_log_w=ev.log_w, info=model.info(),
     )
