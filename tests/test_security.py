@@ -227,7 +227,7 @@ def test_reference_never_writes_through_a_planted_temporary_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 3. sbatch options: an allow-list of keys, values that cannot add options or script lines
 # ---------------------------------------------------------------------------------------------
-REFUSED_KEYS = ["export", "chdir", "wrap", "output", "error", "get-user-env", "get_user_env", "array", "signal",
+REFUSED_KEYS = ["export", "chdir", "wrap", "output", "error", "get-user-env", "get_user_env", "array",
                 "export-file", "open-mode", "uid", "bb", "input"]
 
 
@@ -239,6 +239,35 @@ def test_sbatch_key_outside_the_allow_list_is_refused(key):
         cluster.cli_settings(partition=None, gpus=None, cpus=None, mem=None, time_min=None, sbatch=[f"{key}=x"])
     msg = str(err.value)
     assert f"'{key}'" in msg and "not allowed" in msg and "Allowed: account" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ["x", "KILL@45", "USR1@45", "B:USR2@45", "USR2@45,x", "USR2@", "USR2@-1"])
+def test_sbatch_signal_other_than_usr2_before_the_limit_is_refused(value):
+    from sesamo_bench.harness import cluster
+
+    with pytest.raises(ConfigError) as err:
+        cluster.cli_settings(partition=None, gpus=None, cpus=None, mem=None, time_min=None, sbatch=[f"signal={value}"])
+    assert "'signal' must be USR2@SECONDS" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sbatch_signal_sets_submitits_delay_and_one_signal_line(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    import os
+
+    from sesamo_bench.harness import cluster
+
+    fake = tmp_path / "bin"  # submitit's SlurmExecutor wants an srun on PATH
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ.get('PATH', '')}")
+    s = cluster.cli_settings(partition=None, gpus=None, cpus=None, mem=None, time_min=1,
+                             sbatch=["signal=USR2@45", "account=p"])
+    params = s.parameters()
+    assert params["slurm_signal_delay_s"] == 45 and "signal" not in params["slurm_additional_parameters"]
+    ex = cluster.make_executor("slurm", tmp_path / "jobs", s)
+    script = ex._executor._make_submission_file_text("python -m x", "u")
+    assert [line for line in script.splitlines() if "--signal" in line] == ["#SBATCH --signal=USR2@45"]
 
 
 @pytest.mark.parametrize("value", ["ALL,LD_PRELOAD=/tmp/x.so", "proj\n#SBATCH --export=ALL", "proj\nrm -rf ~",

@@ -118,8 +118,11 @@ class SlurmSettings:
             p["slurm_partition"] = self.partition
         if self.mem is not None:
             p["slurm_mem"] = self.mem
-        if self.sbatch:
-            p["slurm_additional_parameters"] = dict(self.sbatch)
+        extra = dict(self.sbatch)
+        if "signal" in extra:  # submitit writes --signal=USR2@<delay> itself; one line, the user's delay
+            p["slurm_signal_delay_s"] = int(_SIGNAL_VALUE.fullmatch(extra.pop("signal")).group(1))
+        if extra:
+            p["slurm_additional_parameters"] = extra
         return p
 
 
@@ -146,12 +149,16 @@ def check_setting(key: str, value: Any, where: str) -> Any:
 
 #: sbatch options that ``--slurm-sbatch`` and ``[executor.slurm.sbatch]`` may set: where and when a
 #: job is scheduled, and who is told. Options that change what the job runs, where it writes or what
-#: it inherits (``export``, ``chdir``, ``wrap``, ``output``, ``error``, ``get-user-env``, ``array``,
-#: ``signal``, ...) are refused: submitit and the suite set those
+#: it inherits (``export``, ``chdir``, ``wrap``, ``output``, ``error``, ``get-user-env``, ``array``, ...)
+#: are refused: submitit and the suite set those. ``signal`` is allowed only as ``USR2@SECONDS``: when,
+#: before the time limit, a job is told to checkpoint and requeue (submitit's ``slurm_signal_delay_s``,
+#: 90 s unless set), the one signal the suite's jobs handle
 SBATCH_KEYS = ("account", "begin", "comment", "constraint", "cores-per-socket", "cpus-per-gpu", "deadline",
                "dependency", "exclude", "exclusive", "gpus-per-task", "gres", "gres-flags", "hint", "job-name",
                "licenses", "mail-type", "mail-user", "mem-per-cpu", "mem-per-gpu", "nice", "nodelist", "qos",
-               "reservation", "sockets-per-node", "switches", "threads-per-core", "time-min", "tmp", "wckey")
+               "reservation", "signal", "sockets-per-node", "switches", "threads-per-core", "time-min", "tmp",
+               "wckey")
+_SIGNAL_VALUE = re.compile(r"USR2@(\d{1,5})")
 #: sbatch options with a setting of their own (``--slurm-<name>``, ``[executor.slurm] <name>``)
 _SBATCH_SETTINGS = {"partition": "partition", "time": "time", "mem": "mem", "cpus-per-task": "cpus",
                     "gpus-per-node": "gpus", "gpus": "gpus"}
@@ -175,6 +182,9 @@ def check_sbatch(key: str, value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(f"{where}: sbatch option '{key}' must be a string or a number, got {value!r}")
     text = str(value)
+    if name == "signal" and not _SIGNAL_VALUE.fullmatch(text):
+        raise ConfigError(f"{where}: sbatch option 'signal' must be USR2@SECONDS (how long before the time limit "
+                          f"a job checkpoints and is requeued), got {text!r}")
     if len(text) > 256 or not _SBATCH_VALUE.fullmatch(text):
         raise ConfigError(f"{where}: sbatch option '{key}': value {text!r} is refused; a value is letters, digits "
                           f"and _ . : @ % / + , & | * [ ] - (no spaces, quotes, '=' or newlines; not starting "
