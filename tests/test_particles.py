@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from sesamo_bench import plugins
 from sesamo_bench.core.metrics import wasserstein_1d
+from tests.test_reliability2 import invoke
 from sesamo_bench.core.particles import helmert, to_positions, to_reduced
 
 from .helpers import bound, importance_integral, make_method
@@ -148,7 +149,7 @@ def test_reference_metrics_are_small_for_reference_samples_and_large_for_noise()
 def test_short_hmc_reference_agrees_with_the_shipped_samples():
     from sesamo_bench.analysis.particle_reference import mcmc_check
 
-    rep = mcmc_check(plugins.targets.create("dw4"), chains=32, samples=60, burn_in=100, seed=1)
+    rep = mcmc_check(plugins.targets.create("dw4"), chains=32, samples=60, burn_in=100, seed=1, max_thin=2)
     e, ref = rep["energy"], rep["reference"]
     assert abs(e["mean"] - ref["energy_mean"]) < 5 * math.hypot(e["err"], 3 * ref["energy_err_iid"]) + 0.05
     assert abs(rep["virial"]["mean"] - 6) < 5 * rep["virial"]["err"] + 0.2
@@ -166,11 +167,32 @@ def test_lj13_hmc_starts_from_relaxed_clouds_and_reaches_the_shipped_energy():
     assert float(target.energy(cloud).max()) > 1e6  # what the chains would otherwise start from
     x0 = target.initial_positions(16, generator=torch.Generator().manual_seed(0))
     assert float(target.energy(x0).max()) < 0 and float(torch.cdist(x0, x0).add(torch.eye(13) * 9).min()) > 0.8
-    rep = mcmc_check(target, chains=16, samples=60, burn_in=150, seed=1)
+    rep = mcmc_check(target, chains=16, samples=60, burn_in=150, seed=1, max_thin=2)
     e, ref = rep["energy"], rep["reference"]
     assert rep["acceptance"] > 0.5 and rep["eps"] > 0.005
     assert abs(e["mean"] - ref["energy_mean"]) < 5 * math.hypot(e["err"], 3 * ref["energy_err_iid"]) + 0.3
     assert abs(rep["virial"]["mean"] - 36) < 5 * rep["virial"]["err"] + 0.5
+
+
+def test_reference_check_enforces_the_rhat_rule(monkeypatch):
+    """Chains recorded from their (2x spread) start without burn-in have not mixed: R-hat >= 1.01,
+    the check says so, and the CLI exits 1 after printing it; with the rule on, the same chains
+    record again further apart until R-hat < 1.01 (or say they did not get there)."""
+    from sesamo_bench.analysis.particle_reference import mcmc_check
+
+    t = plugins.targets.create("dw4")
+    rep = mcmc_check(t, chains=16, samples=20, burn_in=0, seed=0, max_thin=2)
+    assert rep["energy"]["rhat"] >= 1.01 and rep["converged"] is False and rep["burn_in"] == 0
+    rep = mcmc_check(t, chains=8, samples=40, burn_in=0, seed=0, max_thin=32)
+    assert rep["converged"] == (rep["energy"]["rhat"] < 1.01) and rep["thin"] > 2
+    assert rep["burn_in"] == sum(40 * th for th in (2, 4, 8, 16, 32) if th < rep["thin"])
+    from sesamo_bench.analysis import samples
+
+    monkeypatch.setattr(samples, "RHAT_MAX", 0.0)  # chains that never pass: the command fails after its report
+    res = invoke("reference", "dw4", "--chains", "8", "--samples", "4", "--burn-in", "0", "--seed", "0")
+    assert res.exit_code == 1 and "NOT converged" in res.stdout
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("error: reference dw4: the HMC chains did not converge") and "R-hat" in line
 
 
 # --- the particles symmetry -----------------------------------------------------------------

@@ -9,7 +9,10 @@ would need). The check reports, for the energy and the virial y . grad S:
   (:func:`sesamo_bench.analysis.autocorr.gamma_method`, one replica per chain);
 - the potential scale reduction R-hat across the chains (Gelman, Rubin 1992; the split form of
   Gelman et al., Bayesian Data Analysis 3rd ed., Eq. 11.4: each chain cut in two halves), < 1.01
-  for well-mixed chains;
+  for well-mixed chains. The rule is enforced: while the energy's R-hat is 1.01 or more, the
+  states just recorded count as more burn-in and the chains record again, twice as far apart (up
+  to ``max_thin`` trajectories); chains that never get there are reported ``converged: False``
+  (``sesamo-bench reference`` then exits 1);
 - the virial identity: for p ∝ exp(-S) on R^m (S growing at infinity), integration by parts gives
   <y . grad S> = m = (n - 1) D, independent of the energy, so a chain (or a set of reference
   samples) that misses it by many errors does not sample exp(-S);
@@ -112,24 +115,40 @@ def _summary(data: np.ndarray) -> dict[str, float]:
 
 
 def mcmc_check(target: ParticleTarget, *, chains: int = 64, samples: int = 500, burn_in: int = 500,
-               thin: int = 2, n_leapfrog: int = 10, eps: float = 0.05, seed: int = 0) -> dict[str, Any]:
+               thin: int = 2, n_leapfrog: int = 10, eps: float = 0.05, seed: int = 0,
+               max_thin: int = 32) -> dict[str, Any]:
     r"""Run the reference chains and the convergence check (module docstring).
+
+    ``max_thin``: the widest spacing the R-hat rule may reach (``max_thin = thin``: record once).
 
     Returns:
         ``{"energy": {mean, err, tau_int, rhat}, "virial": {...}, "virial_expected": (n - 1) D,
-        "acceptance", "eps", "chains", "samples", "reference": {energy_mean, energy_std, virial,
-        virial_err, energy_w2} or None, "samples_y": (samples * chains, m) float64}``.
+        "converged": energy R-hat < RHAT_MAX, "burn_in": trajectories before the recorded ones,
+        "thin", "acceptance", "eps", "chains", "samples", "reference": {energy_mean, energy_std,
+        virial, virial_err, energy_w2} or None, "samples_y": (samples * chains, m) float64}``.
     """
+    from .samples import RHAT_MAX
+
     gen = torch.Generator().manual_seed(seed)
     y0 = target.reduced(target.initial_positions(chains, generator=gen) * 2.0)
     hmc = HMC(target.action, eps=eps, n_leapfrog=n_leapfrog, global_moves=[symmetry_move(target)])
-    run = hmc.run(y0, n_samples=samples, burn_in=burn_in, thin=thin, generator=gen)
+    burnt, burn = 0, burn_in
+    while True:
+        run = hmc.run(y0, n_samples=samples, burn_in=burn, thin=thin, generator=gen,
+                      observe=lambda s: target.energy(target.positions(s)).detach())
+        burnt += burn
+        energy = run.observables.T.numpy()  # (chains, samples)
+        if split_rhat(energy) < RHAT_MAX or 2 * thin > max_thin:
+            break
+        # the states just recorded were a longer burn-in; record again, further apart
+        y0, burnt, burn, thin = run.samples[-1], burnt + samples * thin, 0, 2 * thin
+        hmc.eps = run.eps
     ys = run.samples  # (samples, chains, m)
     flat = ys.reshape(-1, ys.shape[-1])
-    with torch.no_grad():
-        energy = target.energy(target.positions(flat)).reshape(samples, chains).T.numpy()
     vir = virial(target, flat).reshape(samples, chains).T.numpy()
-    out: dict[str, Any] = {"energy": _summary(energy), "virial": _summary(vir), "virial_expected": target.dim,
+    summary = _summary(energy)
+    out: dict[str, Any] = {"energy": summary, "virial": _summary(vir), "virial_expected": target.dim,
+                           "converged": summary["rhat"] < RHAT_MAX, "burn_in": burnt, "thin": thin,
                            "acceptance": run.acceptance, "eps": run.eps, "chains": chains, "samples": samples,
                            "reference": None, "samples_y": flat}
     ref = target.reference_positions() if hasattr(target, "reference_positions") else None
@@ -150,11 +169,13 @@ def mcmc_check(target: ParticleTarget, *, chains: int = 64, samples: int = 500, 
 def format_check(rep: dict[str, Any]) -> str:
     """A short text report of :func:`mcmc_check`."""
     e, v = rep["energy"], rep["virial"]
-    lines = [f"HMC: {rep['chains']} chains x {rep['samples']} samples, eps {rep['eps']:.4g}, "
-             f"acceptance {rep['acceptance']:.3f}",
+    lines = [f"HMC: {rep['chains']} chains x {rep['samples']} samples (thin {rep['thin']}, burn-in "
+             f"{rep['burn_in']} trajectories), eps {rep['eps']:.4g}, acceptance {rep['acceptance']:.3f}",
              f"energy  {e['mean']:.4f} +- {e['err']:.4f}  tau_int {e['tau_int']:.2f}  R-hat {e['rhat']:.4f}",
              f"virial  {v['mean']:.4f} +- {v['err']:.4f}  (expected {rep['virial_expected']})  "
-             f"tau_int {v['tau_int']:.2f}  R-hat {v['rhat']:.4f}"]
+             f"tau_int {v['tau_int']:.2f}  R-hat {v['rhat']:.4f}",
+             "converged (energy R-hat < 1.01)" if rep["converged"] else
+             "NOT converged: energy R-hat >= 1.01 at the widest spacing; use more --samples or --burn-in"]
     r = rep.get("reference")
     if r:
         lines.append(f"shipped reference: energy {r['energy_mean']:.4f} +- {r['energy_err_iid']:.4f} (iid error), "

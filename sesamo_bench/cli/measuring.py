@@ -126,9 +126,13 @@ def reference_cmd(
         rep.pop("samples_y")
         typer.echo(format_check(rep))
         if out is not None:
-            write_new(out, json.dumps(clean({"target": what, "seed": seed, "burn_in": burn_in, **rep}), indent=2),
-                      force=force)
+            write_new(out, json.dumps(clean({"target": what, "seed": seed, **rep}), indent=2), force=force)
             typer.echo(str(out))
+        if not rep["converged"]:
+            typer.echo(f"error: reference {what}: the HMC chains did not converge (energy split R-hat "
+                       f"{rep['energy']['rhat']:.4f} >= 1.01 at thin {rep['thin']}); use more --samples or "
+                       f"--burn-in", err=True)
+            raise typer.Exit(1)
         return
     if out is None:
         check_out(default_out(), force=force)  # an error is the only line
