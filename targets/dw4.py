@@ -88,6 +88,20 @@ class DW4(ShippedReference, ParticleTarget):
         s2 = s * s
         return (self.a * s + self.b * s2 + self.c * s2 * s2).sum(-1)
 
+    def metastable_state(self, y: Tensor) -> Tensor:
+        r"""The metastable state of configurations ``y`` ``(N, m)``: the number of pairs in the inner
+        well (d < d0) at the local energy minimum that gradient descent reaches from each (200 steps
+        of step size 0.05, every particle moved at most 0.2 a step; the label agrees with 2000
+        smaller steps on 99.9 % of the training file), a label ``(N,)`` from 0 to n (n - 1) / 2,
+        invariant under S_N x O(D) and translations. Köhler et al. 2020 (Fig. 1) tell the states apart
+        after energy minimisation the same way. For the default DW-4 the minima have 2, 3, 4 or 5
+        short pairs (training file, first 20 000 rows after minimisation: 4 short pairs 48 %, 2 short
+        pairs 47 % in two kinds of minimum, 5 short pairs 4.5 %, 3 short pairs 0.5 %)."""
+        from sesamo_bench.core.particles import relaxed
+
+        x = relaxed(self.energy, self.positions(y.detach().double()), steps=200, lr=0.05, max_step=0.2)
+        return (pair_distances(x) < self.d0).sum(-1)
+
     def observables(self, y: Tensor) -> dict[str, Tensor]:
         r"""The energy E, the mean pair distance and the fraction of pairs in the inner well (d < d0)."""
         x = self.positions(y)

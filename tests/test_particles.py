@@ -310,3 +310,34 @@ def test_symmetry_parameters_are_checked():
 def test_positions_roundtrip():
     x = torch.randn(3, 5, 3)
     torch.testing.assert_close(to_positions(to_reduced(x), 5, 3), x - x.mean(1, keepdim=True))
+
+
+@pytest.mark.parametrize("reflections", [True, False])
+def test_aligned_distances_against_brute_force(reflections):
+    """aligned_sq_distances (its 2-D closed form) against every permutation with procrustes_sq."""
+    from sesamo_bench.core.particles import aligned_sq_distances, procrustes_sq
+
+    g = torch.Generator().manual_seed(7)
+    a, b = (torch.randn(k, 4, 2, generator=g, dtype=torch.float64) for k in (6, 5))
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    got = aligned_sq_distances(a, b, reflections=reflections)
+    for i in range(6):
+        for j in range(5):
+            want = min(float(procrustes_sq(a[i], b[j][list(p)], reflections=reflections))
+                       for p in itertools.permutations(range(4)))
+            assert math.isclose(float(got[i, j]), want, rel_tol=1e-10, abs_tol=1e-10)
+
+
+def test_coordinate_w2_is_recorded_for_dw4_and_sees_what_pair_distances_do_not():
+    """The literature's x-W2 of DW-4 samples: invariant under relabelling and rotating the samples,
+    small for reference draws, large for a broad Gaussian; None for LJ-13 (13! permutations)."""
+    t = plugins.targets.create("dw4")
+    gen = torch.Generator().manual_seed(3)
+    ref = t.reference_samples(2000, generator=gen)
+    good = t.reference_metrics(ref)["coordinate_w2"]
+    x = t.positions(ref)[:, [3, 1, 0, 2]] @ torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    moved = t.reference_metrics(t.reduced(x))["coordinate_w2"]
+    bad = t.reference_metrics(2.0 * torch.randn(2000, *t.shape, generator=gen, dtype=torch.float64))["coordinate_w2"]
+    assert math.isclose(good, moved, rel_tol=1e-9) and good < 0.5 < 1.5 < bad
+    lj = plugins.targets.create("lj13")
+    assert lj.reference_metrics(lj.reference_samples(50, generator=gen))["coordinate_w2"] is None

@@ -21,9 +21,9 @@ would need). The check reports, for the energy and the virial y . grad S:
 
 Example (short chains; docs/results.md has the long run):
     >>> from sesamo_bench import plugins
-    >>> rep = mcmc_check(plugins.targets.create("dw4"), chains=16, samples=40, burn_in=40, seed=0)
-    >>> sorted(rep)[:3]
-    ['acceptance', 'chains', 'energy']
+    >>> rep = mcmc_check(plugins.targets.create("dw4"), chains=16, samples=40, burn_in=40, seed=0, max_thin=2)
+    >>> rep["converged"] == (rep["energy"]["rhat"] < 1.01), sorted(rep)[:4]
+    (True, ['acceptance', 'burn_in', 'chains', 'converged'])
 """
 
 from __future__ import annotations

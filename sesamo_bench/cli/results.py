@@ -60,14 +60,15 @@ def report_cmd(
 
 def plot_cmd(
     out: Path = typer.Option(Path("sesamo-plots"), "--out", help="folder for the PNG files"),
-    kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking | particles | autocorr "
-                                                      "(repeatable; default: all)"),
+    kind: List[str] = typer.Option([], "--kind", help="density | ess-time | breaking | particles | autocorr | "
+                                                      "generalisation (repeatable; default: all)"),
     target: Optional[str] = typer.Option(None, "--target"),
     method: Optional[str] = typer.Option(None, "--method"),
     benchmark: Optional[str] = typer.Option(None, "--benchmark"),
     store: Optional[Path] = typer.Option(None, "--store"),
 ) -> None:
-    """PNG figures from the store: densities, ESS vs training time, breaking ratios, particle histograms."""
+    """PNG figures from the store: densities, ESS vs training time, breaking ratios, particle histograms,
+    the generalisation experiment (Köhler et al. 2020, Fig. 1)."""
     from ..harness.store import open_existing
     from ..outputs.plot import KINDS, make_plots
 

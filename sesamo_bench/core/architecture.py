@@ -22,7 +22,10 @@ The contract (checked by ``tests/test_architectures.py`` for every registered ar
 - ``near_identity``: a fresh flow is the identity (the last layer of each conditioner is zero);
 - ``tolerance``: ``None`` for a flow whose inverse and ladj are exact up to rounding; a number for
   one that is exact only up to a discretisation error (an ODE flow's solver): the absolute error
-  the contract test allows on a weakly randomised flow in float64.
+  the contract test allows on a weakly randomised flow in float64;
+- optionally, a continuous flow offers ``velocity(t, y) -> v`` (``t`` ``(N,)``, ``y`` and ``v``
+  ``(N, D)``): its vector field, which the ``flow-matching`` objective regresses
+  (:mod:`sesamo_bench.core.flow_matching`).
 
 A field on a periodic lattice is flattened in C order from ``(N, *domain.shape)``, where the
 first ``domain.lattice`` axes are the lattice and the rest are the components at a site

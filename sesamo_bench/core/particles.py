@@ -129,11 +129,16 @@ class ParticleTarget(Target):
         r"""Distances of the model's samples ``y`` (unweighted draws of q) to the reference samples:
         ``energy_w1``, ``energy_w2``, ``distance_w1``, ``distance_w2`` (the 1-D Wasserstein distances
         of the energy and the pair-distance distributions, :func:`sesamo_bench.core.metrics.wasserstein_1d`),
-        with ``reference_energy_mean``; ``None`` without reference samples."""
+        with ``reference_energy_mean``, and the literature's coordinate-space ``coordinate_w2``
+        (:func:`coordinate_w2` on :data:`XW2_SAMPLES` configurations of each, for at most
+        :data:`XW2_MAX_PERMUTATIONS` permutations of the particles, where the alignment is exact and
+        takes seconds; ``None`` beyond, e.g. LJ-13); ``None`` without reference samples."""
+        import math
+
         from . import metrics
 
         ref = self.reference_positions() if hasattr(self, "reference_positions") else None
-        keys = ("energy_w1", "energy_w2", "distance_w1", "distance_w2", "reference_energy_mean")
+        keys = ("energy_w1", "energy_w2", "distance_w1", "distance_w2", "reference_energy_mean", "coordinate_w2")
         if ref is None or y is None or y.shape[0] == 0:
             return dict.fromkeys(keys)
         with torch.no_grad():
@@ -145,6 +150,10 @@ class ParticleTarget(Target):
             out[f"{k}_w1"] = metrics.wasserstein_1d(g, want[k], p=1) if len(g) else None
             out[f"{k}_w2"] = metrics.wasserstein_1d(g, want[k], p=2) if len(g) else None
         out["reference_energy_mean"] = float(want["energy"].mean())
+        n, d = self.particles
+        fine = torch.isfinite(y).all(1)
+        out["coordinate_w2"] = (coordinate_w2(to_positions(y[fine].double(), n, d), ref)
+                                if math.factorial(n) <= XW2_MAX_PERMUTATIONS and bool(fine.any()) else None)
         return out
 
     def symmetry(self) -> tuple[str, dict]:
@@ -207,6 +216,8 @@ def relaxed(energy, x: Tensor, *, steps: int = 500, lr: float = 0.01, max_step: 
 MAX_PERMUTATIONS = 720
 #: equal-size subsamples of :func:`coordinate_w2` (each set drawn without replacement)
 XW2_SAMPLES = 500
+#: coordinate_w2 is recorded for runs whose particles have at most this many permutations (exact alignment)
+XW2_MAX_PERMUTATIONS = 120
 
 
 def procrustes_sq(a: Tensor, b: Tensor, *, reflections: bool = True) -> Tensor:
@@ -255,6 +266,13 @@ def aligned_sq_distances(a: Tensor, b: Tensor, *, reflections: bool = True) -> T
         rows = []
         for i in range(0, k, chunk):
             m = torch.einsum("ind,jpne->ijpde", a[i:i + chunk], bp)  # a^T P b per pair: the same singular values
+            if d == 2:  # closed form: the largest tr(R^T m) over rotations and over reflections
+                p_, q_, r_, s_ = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+                best = torch.hypot(p_ + s_, r_ - q_)
+                if reflections:
+                    best = torch.maximum(best, torch.hypot(p_ - s_, q_ + r_))
+                rows.append(best.amax(-1))
+                continue
             s = torch.linalg.svdvals(m)
             if not reflections:
                 s = torch.cat([s[..., :-1], s[..., -1:] * torch.sign(torch.linalg.det(m)).unsqueeze(-1)], -1)

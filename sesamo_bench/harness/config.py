@@ -32,8 +32,13 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("plateau", "cosine")
 MLP_DTYPES = ("auto", "float32", "float64")  # the coupling MLPs' dtype; auto: the run's dtype
 #: training objectives (:mod:`sesamo_bench.core.loss`): the energy-only reverse KL of the paper, maximum
-#: likelihood on the target's training samples, and their weighted sum (Noé et al. 2019)
-OBJECTIVES = ("reverse-kl", "ml", "mixed")
+#: likelihood on the target's training samples, their weighted sum (Noé et al. 2019), and conditional
+#: flow matching of a continuous flow's vector field (sesamo_bench.core.flow_matching)
+OBJECTIVES = ("reverse-kl", "ml", "mixed", "flow-matching")
+#: how flow matching pairs prior and training samples (sesamo_bench.core.flow_matching.PAIRINGS)
+FM_PAIRINGS = ("aligned", "ot", "independent")
+#: which training samples a run learns from (sesamo_bench.analysis.states.SUBSETS)
+TRAIN_SUBSETS = ("all", "one-state")
 
 
 def hyper(default: Any, *, lo: float | None = None, above: float | None = None, hi: float | None = None,
@@ -121,9 +126,15 @@ class RunConfig:
     components: int = hyper(4, lo=1, hi=64, later=True)
     # what training minimises: reverse-kl (the self-reparametrized KL above, from the energy only),
     # ml (maximum likelihood on the target's training samples, Target.training_data), or mixed:
-    # ml + kl_weight * reverse-kl (Noé et al. 2019, Boltzmann generators)
+    # ml + kl_weight * reverse-kl (Noé et al. 2019, Boltzmann generators), or flow-matching: a continuous
+    # flow's vector field regressed on straight paths from prior to training samples, each prior sample
+    # aligned to its partner by permutation and rotation (fm_pairing; Klein et al. 2023)
     objective: str = hyper("reverse-kl", choices=OBJECTIVES, later=True)
     kl_weight: float = hyper(0.1, lo=0, hi=1e3, later=True)
+    fm_pairing: str = hyper("aligned", choices=FM_PAIRINGS, later=True)
+    # the training samples used: all, or those of the most populated metastable state (the
+    # equivariant-flow paper's generalisation experiment, sesamo_bench.analysis.states)
+    train_subset: str = hyper("all", choices=TRAIN_SUBSETS, later=True)
 
     def arch(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}

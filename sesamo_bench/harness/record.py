@@ -93,6 +93,9 @@ class RunRecord:
     distance_w1: float | None = metric(json=True)
     distance_w2: float | None = metric(json=True)
     reference_energy_mean: float | None = metric()
+    #: the literature's coordinate-space x-W2 of the saved samples to the reference samples (optimal
+    #: alignment over permutations and O(D) per pair, core.particles.coordinate_w2; where n! is small)
+    coordinate_w2: float | None = metric(json=True)
     #: fraction of the final samples whose density an architecture's guard made finite but wrong
     #: (the Fourier flows: |M| below the smallest normal number, or e^rho underflowing)
     underflow: float | None = metric(json=True)
@@ -102,6 +105,15 @@ class RunRecord:
     nll_err: float | None = metric(json=True)
     nll_per_dim: float | None = metric(json=True)
     nll_n: int | None = metric()
+    #: runs trained on part of the state space (``train_subset``, analysis.states): the training rows
+    #: used, the fraction of the saved samples in states absent from them (unweighted, importance-
+    #: weighted, and the exact mass there from the held-out HMC split), the fractions by state
+    train_rows: int | None = metric()
+    unseen_states: float | None = metric(json=True)
+    unseen_states_is: float | None = metric(json=True)
+    unseen_states_ref: float | None = metric(json=True)
+    state_fractions: list | None = metric()
+    state_fractions_ref: list | None = metric()
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunRecord:

@@ -380,7 +380,8 @@ def check_row(row: dict[str, Any]) -> list[str]:
     A damaged cell is one a reader cannot use: text or bytes in a number column (``wall_s`` =
     ``'inf'`` stored as text), bytes or a number in a text column, a ``history`` entry that is
     not an object, a measurement without its samples, seconds or estimates, a declared metric
-    that is not a number. Each becomes ``None`` (a bad history entry or measurement is dropped).
+    that is not a number (or, for a list metric, not a list of numbers). Each becomes ``None`` (a
+    bad history entry or measurement is dropped).
 
     Example:
         >>> row = {"run_id": "abc", "wall_s": "inf", "target": b"x", "history": [1, {"step": 2}],
@@ -422,8 +423,12 @@ def check_row(row: dict[str, Any]) -> list[str]:
             v = metrics.get(key)
             if v is None:
                 continue
-            want_bool = "bool" in str(hints.get(key, ""))
-            if not (isinstance(v, bool) if want_bool else _is_num(v)):
+            hint = str(hints.get(key, ""))
+            if hint.startswith("list"):  # a list of numbers (NaN stored as null)
+                ok = isinstance(v, list) and all(x is None or _is_num(x) for x in v)
+            else:
+                ok = isinstance(v, bool) if "bool" in hint else _is_num(v)
+            if not ok:
                 metrics[key] = None
                 bad.append(f"metrics.{key}")
     history = row.get("history")

@@ -222,12 +222,22 @@ def check_objective(cfg: RunConfig, target: Target) -> None:
     """An objective that learns from samples needs a target with training samples and a method with
     an exact density (one-line :class:`~sesamo_bench.errors.ConfigError` otherwise)."""
     if cfg.objective == "reverse-kl":
+        if cfg.train_subset != "all":
+            raise ConfigError(f"train_subset '{cfg.train_subset}' restricts the training samples, and objective "
+                              f"'reverse-kl' uses none; use objective=ml, mixed or flow-matching")
         return
     if not target.offers_training_data():
         have = [n for n in plugins.targets.names()
                 if plugins.targets.items[n].training_data is not Target.training_data]
         raise ConfigError(f"objective '{cfg.objective}' learns from samples of the target, and target "
                           f"'{cfg.target}' has none (Target.training_data); targets with them: {', '.join(have)}")
+    if cfg.train_subset != "all":
+        from ..analysis.states import offers_states
+
+        if not offers_states(target):
+            raise ConfigError(f"train_subset '{cfg.train_subset}' needs metastable states of the target "
+                              f"(Target.metastable_state), and target '{cfg.target}' defines none; use "
+                              f"train_subset=all")
     mcls = method_class(cfg.method)
     if not mcls.exact_density:
         raise ConfigError(f"objective '{cfg.objective}' needs the exact density of the samples, which method "
@@ -238,7 +248,32 @@ def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
     """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
     target, sym = prepare(cfg)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    return target, build_model(cfg, target, sym), device, dtype
+    model = build_model(cfg, target, sym)
+    check_flow_matching(cfg, model)
+    return target, model, device, dtype
+
+
+def training_rows(cfg: RunConfig, target: Target) -> tuple[Tensor, list[int]]:
+    """The training split a run learns from (``train_subset``: all of it, or the rows of its most
+    populated metastable state, :func:`sesamo_bench.analysis.states.restrict`) and the states it covers."""
+    from ..analysis.states import restrict
+
+    return restrict(target, target.training_data("train"), cfg.train_subset)
+
+
+def check_flow_matching(cfg: RunConfig, model: Method) -> None:
+    """``objective = flow-matching`` regresses a vector field: the model's flow must be a continuous
+    one (``Architecture.velocity``); one-line :class:`~sesamo_bench.errors.IncompatibleError` otherwise
+    (``--methods all`` skips such a method with a note)."""
+    from ..core.flow_matching import velocity_field
+
+    if cfg.objective != "flow-matching" or velocity_field(model) is not None:
+        return
+    have = [n for n in plugins.architectures.names() if callable(getattr(plugins.architectures.get(n), "velocity",
+                                                                           None))]
+    raise IncompatibleError(f"objective 'flow-matching' needs a continuous flow with a vector field, and method "
+                      f"'{cfg.method}' with flow '{cfg.flow}' has none; continuous flows: {', '.join(have)} "
+                      f"(method equivariant), or use objective=ml")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,11 +474,17 @@ class Result:
     distance_w1: float | None = None
     distance_w2: float | None = None
     reference_energy_mean: float | None = None
-    distance_xw2: float | None = None
+    coordinate_w2: float | None = None
     nll: float | None = None
     nll_err: float | None = None
     nll_per_dim: float | None = None
     nll_n: int | None = None
+    train_rows: int | None = None
+    unseen_states: float | None = None
+    unseen_states_is: float | None = None
+    unseen_states_ref: float | None = None
+    state_fractions: list[float] | None = None
+    state_fractions_ref: list[float] | None = None
     device: str = "cpu"
     dtype: str = "float32"
     error: str | None = None
@@ -500,7 +541,7 @@ class Trainer:
         self.data: Tensor | None = None
         if cfg.objective != "reverse-kl":
             dtype = next(model.parameters()).dtype
-            self.data = target.training_data("train").to(device=device, dtype=dtype)
+            self.data = training_rows(cfg, target)[0].to(device=device, dtype=dtype)
 
     @property
     def lr(self) -> float:
@@ -510,11 +551,16 @@ class Trainer:
         """The objective on one fresh batch (scalar, with graph): ``objective = reverse-kl`` the
         self-reparametrized KL of ``batch_size`` samples of the model, ``ml`` the negative
         log-likelihood of ``batch_size`` training samples (drawn with replacement), ``mixed`` the NLL
-        plus ``kl_weight`` times the KL."""
+        plus ``kl_weight`` times the KL, ``flow-matching`` the conditional flow-matching loss of the
+        flow's vector field on ``batch_size`` training samples (:mod:`sesamo_bench.core.flow_matching`)."""
         cfg = self.cfg
         if self.data is None:
             return self.reverse_kl()
         idx = torch.randint(self.data.shape[0], (cfg.batch_size,), device=self.data.device)
+        if cfg.objective == "flow-matching":
+            from ..core.flow_matching import flow_matching_loss
+
+            return flow_matching_loss(self.model, self.data[idx], pairing=cfg.fm_pairing)
         nll = negative_log_likelihood(self.model.log_prob(self.data[idx]))
         return nll if cfg.objective == "ml" else nll + cfg.kl_weight * self.reverse_kl()
 
@@ -719,6 +765,11 @@ def train(cfg: RunConfig, *, checkpoint: Path | None = None, resume: bool = Fals
         raise Interrupted(step) from None  # the checkpoint of the last step was just written
     ref_metrics = target.reference_metrics(ev.x) if ev.x is not None else {}
     held = heldout_nll(model, target) if target.offers_training_data() else {}
+    if cfg.train_subset != "all":
+        from ..analysis.states import state_metrics
+
+        rows, trained_on = training_rows(cfg, target)
+        held.update(train_rows=int(rows.shape[0]), **state_metrics(target, ev.x, ev.log_w, trained_on))
     exact_err = getattr(target, "breaking_ratio_error", None)
     return Result(
         config=cfg, status="finished", steps=step, wall_s=done.wall_s,

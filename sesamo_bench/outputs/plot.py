@@ -15,6 +15,12 @@ Kinds (paper figures):
         distances of each method's saved samples (first finished seed, unweighted) beside the
         target's reference samples, with the 2-Wasserstein distances in the legend.
         (``density`` skips particle targets.)
+    ``generalisation``: the equivariant-flow paper's Fig. 1 (Köhler et al. 2020) for runs trained on
+        one metastable state (``train_subset = one-state``): one row for the training data and one
+        per method (first finished seed): the energies of its samples beside the exact (HMC)
+        distribution, the marginal of the first particle's position, and the fraction of samples
+        in each metastable state (states absent from the training data hatched), with the
+        unseen-state fraction over all seeds in the row's title.
     ``autocorr``: per run with chain measurements (``measure --mcmc``, ``hmc``), the normalised
         autocorrelation functions rho(t) of its scalar observables, one panel per estimator, with
         tau_int in the legend.
@@ -38,7 +44,7 @@ import numpy as np  # noqa: E402
 from ..errors import UnknownNameError  # noqa: E402
 from .aggregate import _mean_std, method_colour, method_label, method_rank, params_key, params_label, shown_params  # noqa: E402,E501
 
-KINDS = ("density", "ess-time", "breaking", "particles", "autocorr")
+KINDS = ("density", "ess-time", "breaking", "particles", "autocorr", "generalisation")
 DPI = 120
 SWEEP_PREFERENCE = ("beta", "alpha", "b")
 
@@ -164,6 +170,66 @@ def _particles(target: str, params: dict[str, Any], shown: dict[str, Any], runs:
         ax.legend(fontsize=7)
     fig.suptitle(_title(target, shown) + " (model samples unweighted)")
     return _save(fig, out_dir / f"particles_{_slug(target)}{params_slug(shown)}.png")
+
+
+def _generalisation(target: str, params: dict[str, Any], shown: dict[str, Any], runs: list[dict[str, Any]],
+                    out_dir: Path) -> Path | None:
+    import torch
+
+    runs = [r for r in runs if (r.get("config") or {}).get("train_subset", "all") != "all"]
+    t = _target(target, params)
+    if not runs or t is None or not callable(getattr(t, "metastable_state", None)):
+        return None
+    from ..analysis.states import _labels, restrict, training_states
+
+    panels = _first_samples(runs)
+    if not panels:
+        return None
+    subset = runs[0]["config"]["train_subset"]
+    train, trained_on = restrict(t, t.training_data("train"), subset)
+    ref = t.training_data("test")
+    n_states = t.n_particles * (t.n_particles - 1) // 2 + 1
+    rows = [("training data", None, train.numpy())] + [(m, seed, x.reshape(len(x), -1)) for m, seed, x in panels]
+    with torch.no_grad():
+        e_ref = t.energy(t.positions(ref)).numpy()
+    ref_frac = np.bincount(training_states(t, ref), minlength=n_states) / len(ref)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(13, 3.6 * len(rows)), squeeze=False)
+    lo, hi = np.percentile(e_ref, [0.1, 99.9])
+    bins = np.linspace(lo - 2, hi + 4, 70)
+    for i, (name, seed, y) in enumerate(rows):
+        yt = torch.as_tensor(y[:4000], dtype=torch.float64)
+        with torch.no_grad():
+            e = t.energy(t.positions(yt)).numpy()
+            x1 = t.positions(yt)[:, 0].numpy()
+        frac = np.bincount(_labels(t, yt), minlength=n_states) / len(yt)
+        label = name if seed is None else f"{_label(name)} (seed {seed})"
+        colour = "0.3" if seed is None else _color(name, i)
+        ax = axes[i, 0]
+        ax.hist(e_ref, bins=bins, density=True, color="0.75", label="exact (suite HMC)")
+        ax.hist(e[np.isfinite(e)], bins=bins, density=True, histtype="step", lw=1.5, color=colour, label=label)
+        ax.set_xlabel("energy $E$")
+        ax.legend(fontsize=7)
+        ax = axes[i, 1]
+        ax.hist2d(x1[:, 0], x1[:, 1], bins=50, range=[[-6, 6], [-6, 6]], cmap="Greys")
+        ax.set_aspect("equal")
+        ax.set_xlabel("$x_1$ (first particle, centre of mass at 0)")
+        ax.set_title(label, fontsize=8)
+        ax = axes[i, 2]
+        ks = np.arange(n_states)
+        ax.bar(ks - 0.2, ref_frac, width=0.4, color="0.75", label="exact")
+        bars = ax.bar(ks + 0.2, frac, width=0.4, color=colour, label=label)
+        for k, b in zip(ks, bars):
+            if k not in trained_on:
+                b.set_hatch("//")
+        if seed is not None:
+            vals = [(r.get("metrics") or {}).get("unseen_states") for r in runs if r.get("method") == name]
+            vals = [v for v in vals if _finite(v)]
+            m, sd = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0) if vals else (0, 0)
+            ax.set_title(f"unseen states {m:.3f} +- {sd:.3f} ({len(vals)} seeds)", fontsize=8)
+        ax.set_xlabel("metastable state (inner-well pairs at the minimum)")
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(target, shown) + f": trained on one metastable state ({trained_on}), samples unweighted")
+    return _save(fig, out_dir / f"generalisation_{_slug(target)}{params_slug(shown)}.png")
 
 
 def _density(target: str, params: dict[str, Any], shown: dict[str, Any], runs: list[dict[str, Any]],
@@ -495,7 +561,8 @@ def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str
     Arguments:
         runs: run records (see the module docstring); all benchmarks are pooled per (target, params).
         out_dir: folder for the PNGs (created if missing).
-        kinds: a subset of ``density``, ``ess-time``, ``breaking``, ``particles``, ``autocorr``; ``None``
+        kinds: a subset of ``density``, ``ess-time``, ``breaking``, ``particles``, ``autocorr``,
+            ``generalisation``; ``None``
             for all.
 
     Returns:
@@ -523,6 +590,8 @@ def make_plots(runs: Iterable[dict[str, Any]], out_dir: Path, *, kinds: list[str
         if "ess-time" in kinds and (p := _ess_time(target, shown, rs, out_dir)) is not None:
             written.append(p)
         if "particles" in kinds and (p := _particles(target, params, shown, rs, out_dir)) is not None:
+            written.append(p)
+        if "generalisation" in kinds and (p := _generalisation(target, params, shown, rs, out_dir)) is not None:
             written.append(p)
     if "breaking" in kinds:
         for (target,), rs in sorted(_by(runs, "target").items()):
