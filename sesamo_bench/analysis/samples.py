@@ -105,7 +105,8 @@ def hmc_split(target, split: str, n: int, *, progress=None) -> Tensor:
                 return torch.from_numpy(arr.astype(np.float64))
         except (OSError, ValueError):
             pass  # a damaged cache file is generated again
-    y = generate(target, split, n, progress=progress)
+    with torch.enable_grad():  # HMC follows the action's gradient, also when called from an evaluation
+        y = generate(target, split, n, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
     try:

@@ -228,6 +228,7 @@ def _generalisation(target: str, params: dict[str, Any], shown: dict[str, Any], 
             ax.set_title(f"unseen states {m:.3f} +- {sd:.3f} ({len(vals)} seeds)", fontsize=8)
         ax.set_xlabel("metastable state (inner-well pairs at the minimum)")
         ax.legend(fontsize=7)
+    fig.subplots_adjust(hspace=0.5, wspace=0.3)
     fig.suptitle(_title(target, shown) + f": trained on one metastable state ({trained_on}), samples unweighted")
     return _save(fig, out_dir / f"generalisation_{_slug(target)}{params_slug(shown)}.png")
 
