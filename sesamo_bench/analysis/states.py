@@ -40,7 +40,8 @@ def offers_states(target) -> bool:
     return callable(getattr(target, "metastable_state", None))
 
 
-def _labels(target, y: Tensor, chunk: int = 20000) -> np.ndarray:
+def state_labels(target, y: Tensor, chunk: int = 20000) -> np.ndarray:
+    """The metastable-state label ``(N,)`` of each configuration ``y`` ``(N, m)`` (not cached)."""
     with torch.enable_grad():  # the minimisation descends the energy's gradient
         out = [target.metastable_state(y[i:i + chunk]).cpu().numpy() for i in range(0, y.shape[0], chunk)]
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
@@ -62,7 +63,7 @@ def training_states(target, data: Tensor) -> np.ndarray:
                 return arr
         except (OSError, ValueError):
             pass
-    arr = _labels(target, data.detach().double().cpu())
+    arr = state_labels(target, data.detach().double().cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
     try:
@@ -106,7 +107,7 @@ def state_metrics(target, samples: Tensor | None, log_w: Tensor | None, trained_
     n_states = n * (n - 1) // 2 + 1
     y = samples[:STATE_SAMPLES].reshape(min(samples.shape[0], STATE_SAMPLES), -1).double().cpu()
     fine = torch.isfinite(y).all(1)
-    lab = _labels(target, y[fine])
+    lab = state_labels(target, y[fine])
     out = {"state_fractions": fractions(lab, n_states)}
     unseen = ~np.isin(lab, trained_on)
     out["unseen_states"] = float(unseen.mean()) if len(lab) else None

@@ -180,7 +180,7 @@ def _generalisation(target: str, params: dict[str, Any], shown: dict[str, Any], 
     t = _target(target, params)
     if not runs or t is None or not callable(getattr(t, "metastable_state", None)):
         return None
-    from ..analysis.states import _labels, restrict, training_states
+    from ..analysis.states import state_labels, restrict, training_states
 
     panels = _first_samples(runs)
     if not panels:
@@ -201,7 +201,7 @@ def _generalisation(target: str, params: dict[str, Any], shown: dict[str, Any], 
         with torch.no_grad():
             e = t.energy(t.positions(yt)).numpy()
             x1 = t.positions(yt)[:, 0].numpy()
-        frac = np.bincount(_labels(t, yt), minlength=n_states) / len(yt)
+        frac = np.bincount(state_labels(t, yt), minlength=n_states) / len(yt)
         label = name if seed is None else f"{_label(name)} (seed {seed})"
         colour = "0.3" if seed is None else _color(name, i)
         ax = axes[i, 0]
