@@ -14,11 +14,13 @@ inverse); mu = 0, d = 0, W = 0 at construction, so a fresh flow is the identity.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from sesamo_bench.core.architecture import Architecture, Domain
 from sesamo_bench.core.bijections import Chain, TriangularAffine, legacy_names
-from sesamo_bench.core.flows import RealNVP
+from sesamo_bench.core.flows import CouplingParams, RealNVP
 
 
 class AffineRealNVP(Chain, Architecture):
@@ -28,7 +30,7 @@ class AffineRealNVP(Chain, Architecture):
     Arguments:
         domain: any domain (a lattice field is split by the parity of all its indices).
         couplings, hidden_layers, width, activation, scale_bound: the couplings, as ``realnvp``
-            (``couplings = 0``: the Gaussian layer alone).
+            (:class:`~sesamo_bench.core.flows.CouplingParams`; ``couplings = 0``: the Gaussian layer alone).
 
     Example:
         >>> import torch
@@ -44,10 +46,9 @@ class AffineRealNVP(Chain, Architecture):
     description = "MLP RealNVP couplings, then a learned full-covariance affine map x = mu + L y (exact ladj)"
     run_fields = True
 
-    def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
-                 activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
-        rnvp = [RealNVP(domain.dim, shape=domain.shape, couplings=couplings, hidden_layers=hidden_layers, width=width,
-                        activation=activation, scale_bound=scale_bound, kernels=kernels)] if couplings else []
+    @CouplingParams.keywords
+    def __init__(self, domain: Domain, *, kernels: str = "auto", **coupling: Any):
+        rnvp = [RealNVP(domain.dim, shape=domain.shape, kernels=kernels, **coupling)] if coupling["couplings"] else []
         # the affine layer's parameters listed first, as before the chain (optimizer states, a mixture's noise)
         Chain.__init__(self, *rnvp, TriangularAffine(domain.dim), order=tuple(reversed(range(len(rnvp) + 1))))
         self.domain = domain

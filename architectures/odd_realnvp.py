@@ -11,11 +11,13 @@ sign-symmetric prior the density of g(z) is Z2-invariant (Koehler, Klein, Noe 20
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from sesamo_bench.core.architecture import Architecture, Domain
-from sesamo_bench.core.flows import AffineCoupling, RealNVP
+from sesamo_bench.core.flows import AffineCoupling, CouplingParams, RealNVP
 
 
 class OddAffineCoupling(AffineCoupling):
@@ -35,7 +37,8 @@ class OddRealNVP(RealNVP, Architecture):
 
     Arguments:
         domain: any domain (a lattice field is split by the parity of all its indices).
-        couplings, hidden_layers, width, activation, scale_bound: as ``realnvp``.
+        couplings, hidden_layers, width, activation, scale_bound: as ``realnvp``
+            (:class:`~sesamo_bench.core.flows.CouplingParams`).
 
     Example:
         >>> f = OddRealNVP(Domain((4,)), couplings=2, width=8, activation="tanh").double()
@@ -52,8 +55,7 @@ class OddRealNVP(RealNVP, Architecture):
     run_fields = True
     coupling = OddAffineCoupling
 
-    def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
-                 activation: str = "relu", scale_bound: float = 3.0):
-        super().__init__(domain.dim, shape=domain.shape, couplings=couplings, hidden_layers=hidden_layers,
-                         width=width, activation=activation, scale_bound=scale_bound, kernels="aten")
+    @CouplingParams.keywords
+    def __init__(self, domain: Domain, **coupling: Any):
+        super().__init__(domain.dim, shape=domain.shape, kernels="aten", **coupling)
         self.domain = domain

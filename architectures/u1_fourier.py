@@ -39,11 +39,13 @@ draws theta).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sesamo_bench.core.architecture import Domain
+from sesamo_bench.core.flows import CouplingParams
 # the chart helpers and the Fourier basis live in the core (shared with z2-fourier); importable from here
 from sesamo_bench.core.magnetisation import (RHO_MAX, MagnetisationFrameFlow, chart, chart_inverse,  # noqa: F401
                                              chart_log_terms, flag_underflow, fourier_basis)
@@ -54,7 +56,8 @@ class U1Fourier(MagnetisationFrameFlow):
 
     Arguments:
         domain: a complex field (2 components per site) on a periodic lattice.
-        couplings, hidden_layers, width, activation, scale_bound: the couplings g, as ``realnvp``.
+        couplings, hidden_layers, width, activation, scale_bound: the couplings g, as ``realnvp``
+            (:class:`~sesamo_bench.core.flows.CouplingParams`).
 
     Example:
         >>> f = U1Fourier(Domain((2, 2, 2), lattice=2), couplings=2, width=8).double()
@@ -82,11 +85,10 @@ class U1Fourier(MagnetisationFrameFlow):
             reason = f"acts on complex lattice fields (2 components per site), not on {domain.describe()}"
         return reason
 
-    def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
-                 activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
+    @CouplingParams.keywords
+    def __init__(self, domain: Domain, *, kernels: str = "auto", **coupling: Any):
         super().__init__()
-        self._build(domain, 2 * math.prod(domain.sites) - 1, couplings=couplings, hidden_layers=hidden_layers,
-                    width=width, activation=activation, scale_bound=scale_bound, kernels=kernels)
+        self._build(domain, 2 * math.prod(domain.sites) - 1, kernels=kernels, **coupling)
 
     def _frame(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(u ``(N, 2V-1)``, (cos theta, sin theta) ``(N, 2)``) of fields ``(N, D)``."""

@@ -28,11 +28,13 @@ evaluation (metric ``underflow``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sesamo_bench.core.architecture import Domain
+from sesamo_bench.core.flows import CouplingParams
 from sesamo_bench.core.magnetisation import MagnetisationFrameFlow, chart, chart_inverse
 
 
@@ -41,7 +43,8 @@ class Z2Fourier(MagnetisationFrameFlow):
 
     Arguments:
         domain: a real field (one component per site) on a periodic lattice.
-        couplings, hidden_layers, width, activation, scale_bound: the couplings g, as ``realnvp``.
+        couplings, hidden_layers, width, activation, scale_bound: the couplings g, as ``realnvp``
+            (:class:`~sesamo_bench.core.flows.CouplingParams`).
 
     Example:
         >>> f = Z2Fourier(Domain((4, 2), lattice=2), couplings=2, width=8).double()
@@ -66,11 +69,10 @@ class Z2Fourier(MagnetisationFrameFlow):
             reason = f"acts on real lattice fields (one component per site), not on {domain.describe()}"
         return reason
 
-    def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 4, width: int = 40,
-                 activation: str = "relu", scale_bound: float = 3.0, kernels: str = "auto"):
+    @CouplingParams.keywords
+    def __init__(self, domain: Domain, *, kernels: str = "auto", **coupling: Any):
         super().__init__()
-        self._build(domain, domain.dim, couplings=couplings, hidden_layers=hidden_layers, width=width,
-                    activation=activation, scale_bound=scale_bound, kernels=kernels)
+        self._build(domain, domain.dim, kernels=kernels, **coupling)
 
     def _frame(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(u ``(N, V)``, s = sign M ``(N, 1)``) of fields ``(N, V)``."""

@@ -7,7 +7,11 @@ absolute determinant of its Jacobian, computed in the input's dtype. Inputs are 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -176,14 +180,123 @@ def partition(shape: tuple[int, ...]) -> Tensor:
     return (sum(grids) % 2 == 0).reshape(-1) if shape else torch.ones(1, dtype=torch.bool)
 
 
+def _param(default: Any, **allowed: float) -> Any:
+    """A field of :class:`CouplingParams`: its default and the range the run configuration allows
+    (``lo <= v`` or ``above < v``, and ``v <= hi``: the arguments of ``harness.config.hyper``)."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed})
+
+
+@dataclasses.dataclass(frozen=True)
+class CouplingParams:
+    r"""The parameters of :class:`RealNVP`'s couplings (paper Table 3), declared once.
+
+    ``realnvp`` and the architectures built on its couplings (``run_fields``: ``affine-realnvp``,
+    ``odd-realnvp``, ``z2-fourier``, ``u1-fourier``) take them through :meth:`keywords`; the run
+    configuration's fields of these names, their defaults and their ranges (``--set width=...``)
+    are generated from this declaration (``harness.config.RunConfig``, ``REALNVP_FIELDS``).
+
+    Attributes:
+        couplings, hidden_layers, width, activation: the paper's N_C, N_L, N_N and activation.
+        scale_bound: bound of the per-layer log-scale.
+
+    The ranges (:meth:`allowed`) are what a run's configuration accepts; building a flow does not
+    check them (``affine-realnvp`` takes ``couplings = 0``: its Gaussian layer alone).
+
+    Example:
+        >>> CouplingParams.defaults()
+        {'couplings': 6, 'hidden_layers': 4, 'width': 40, 'activation': 'relu', 'scale_bound': 3.0}
+        >>> CouplingParams.allowed()["scale_bound"]
+        {'above': 0, 'hi': 10.0}
+        >>> CouplingParams(width=8).width
+        8
+    """
+
+    couplings: int = _param(6, lo=1)
+    hidden_layers: int = _param(4, lo=0)
+    width: int = _param(40, lo=1)
+    activation: str = _param("relu")
+    scale_bound: float = _param(3.0, above=0, hi=10.0)
+
+    #: set on an ``__init__`` decorated by :meth:`keywords` (the declaration it takes)
+    MARK: ClassVar[str] = "__coupling_params__"
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The parameter names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{name: default}``."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def allowed(cls) -> dict[str, dict[str, float]]:
+        """``{name: range}``, the range as keyword arguments ``lo``/``above``/``hi`` (empty: any value)."""
+        return {f.name: dict(f.metadata["allowed"]) for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def parameters(cls) -> list[inspect.Parameter]:
+        """The declaration as keyword-only :class:`inspect.Parameter` objects (name, default, type)."""
+        return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+                for f in dataclasses.fields(cls)]
+
+    def asdict(self) -> dict[str, Any]:
+        """``{name: value}`` (keyword arguments of :class:`RealNVP`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def keywords(cls, init: Callable) -> Callable:
+        r"""Decorator of an ``__init__(self, ..., **coupling)`` that takes these parameters.
+
+        The decorated constructor receives all of them in ``coupling`` (the defaults filled in; a
+        name not declared is a :class:`TypeError`, as for any constructor), and its signature
+        (:func:`inspect.signature`, hence an architecture's configuration schema,
+        ``sesamo-bench list architectures`` and ``flow.<key>`` validation) shows them as keyword-only
+        arguments with their defaults and types, in place of ``**coupling``.
+
+        Example:
+            >>> class Two(torch.nn.Module):
+            ...     @CouplingParams.keywords
+            ...     def __init__(self, dim, *, kernels="auto", **coupling):
+            ...         super().__init__()
+            ...         self.flow = RealNVP(dim, kernels=kernels, **coupling)
+            >>> [p for p in inspect.signature(Two.__init__).parameters][-3:]
+            ['width', 'activation', 'scale_bound']
+            >>> Two(4, couplings=2).flow.layers.__len__()
+            2
+        """
+        sig = inspect.signature(init)
+        *named, var = sig.parameters.values()
+        if var.kind is not var.VAR_KEYWORD:
+            raise TypeError(f"CouplingParams.keywords: {init.__qualname__} needs a **kwargs argument to take them")
+        own = {p.name for p in named}
+        clash = sorted(own & set(cls.names()))
+        if clash:
+            raise TypeError(f"CouplingParams.keywords: {init.__qualname__} spells '{clash[0]}' itself")
+        defaults = cls.defaults()
+
+        @functools.wraps(init)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            unknown = [k for k in kwargs if k not in defaults and k not in own]
+            if unknown:
+                raise TypeError(f"{init.__qualname__}() got an unexpected keyword argument '{unknown[0]}'")
+            init(self, *args, **{**defaults, **kwargs})
+
+        wrapper.__signature__ = sig.replace(parameters=[*named, *cls.parameters()])
+        setattr(wrapper, cls.MARK, cls)
+        return wrapper
+
+
 class RealNVP(nn.Module):
     r"""A stack of ``couplings`` affine couplings on R^D alternating a checkerboard split.
 
     Arguments:
         dim: D.
         shape: field shape used for the checkerboard split (defaults to ``(dim,)``).
-        couplings, hidden_layers, width, activation: the paper's N_C, N_L, N_N and activation.
-        scale_bound: bound of the per-layer log-scale.
+        couplings, hidden_layers, width, activation, scale_bound: the couplings' parameters
+            (:class:`CouplingParams`: the paper's N_C, N_L, N_N, activation and the bound of the
+            per-layer log-scale).
         kernels: the MLPs' kernels, ``"auto"`` | ``"native"`` | ``"onednn"`` | ``"aten"``
             (:mod:`sesamo_bench.core.kernels`).
 
@@ -198,10 +311,10 @@ class RealNVP(nn.Module):
     #: the coupling class (a subclass may change the conditioner, e.g. odd networks)
     coupling: type[AffineCoupling] = AffineCoupling
 
-    def __init__(self, dim: int, *, shape: tuple[int, ...] | None = None, couplings: int = 6,
-                 hidden_layers: int = 4, width: int = 40, activation: str = "relu",
-                 scale_bound: float = 3.0, kernels: str = "auto"):
+    @CouplingParams.keywords
+    def __init__(self, dim: int, *, shape: tuple[int, ...] | None = None, kernels: str = "auto", **coupling: Any):
         super().__init__()
+        p = CouplingParams(**coupling)
         shape = tuple(shape) if shape is not None else (dim,)
         if math.prod(shape) != dim:
             raise ConfigError(f"RealNVP: shape {shape} does not have {dim} components")
@@ -213,12 +326,12 @@ class RealNVP(nn.Module):
         self.register_buffer("inv_perm", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
         self.na, self.nb = len(idx_a), len(idx_b)
         self.layers = nn.ModuleList()
-        for k in range(couplings):
+        for k in range(p.couplings):
             n_cond, n_out = (self.na, self.nb) if k % 2 == 0 else (self.nb, self.na)
             if n_out == 0:
                 n_cond, n_out = 0, n_cond
-            self.layers.append(self.coupling(n_cond, n_out, hidden_layers=hidden_layers, width=width,
-                                              activation=activation, scale_bound=scale_bound, kernels=kernels))
+            self.layers.append(self.coupling(n_cond, n_out, hidden_layers=p.hidden_layers, width=p.width,
+                                              activation=p.activation, scale_bound=p.scale_bound, kernels=kernels))
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.dim:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -110,14 +111,13 @@ class MagnetisationFrameFlow(Architecture):
     #: the power k of e^{rho} in the volume element of the orbit coordinates
     volume_power: int = 1
 
-    def _build(self, domain, n: int, *, couplings: int, hidden_layers: int, width: int, activation: str,
-               scale_bound: float, kernels: str) -> None:
+    def _build(self, domain, n: int, *, kernels: str, **coupling: Any) -> None:
+        """g on the ``n`` orbit coordinates; ``coupling``: the :class:`~sesamo_bench.core.flows.CouplingParams`."""
         self.domain, self.dim = domain, domain.dim
         self.v = math.prod(domain.sites)
         self.register_buffer("basis", fourier_basis(domain.sites), persistent=False)
-        self.inner = Chain(RealNVP(n, couplings=couplings, hidden_layers=hidden_layers, width=width,
-                                   activation=activation, scale_bound=scale_bound, kernels=kernels),
-                           ElementwiseAffine(n), order=(1, 0))  # the parameters' order before the chain
+        self.inner = Chain(RealNVP(n, kernels=kernels, **coupling), ElementwiseAffine(n),
+                           order=(1, 0))  # the parameters' order before the chain
         # checkpoints of the layout before the chain: couplings.*, log_scale, shift
         legacy_names(self, {"couplings.": "inner.parts.0.", "log_scale": "inner.parts.1.log_scale",
                             "shift": "inner.parts.1.shift"})

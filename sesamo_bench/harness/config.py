@@ -11,7 +11,8 @@ allowed keys.
 The architecture's parameters live in ``flow_params``, except those of the default ``realnvp``:
 they are the fields ``couplings``, ``hidden_layers``, ``width``, ``activation`` and
 ``scale_bound`` (``flow.width=100`` and ``width=100`` are the same run), so the configurations
-from before the architecture registry keep their run ids.
+from before the architecture registry keep their run ids. These fields, their defaults and their
+ranges are generated from their one declaration, :class:`sesamo_bench.core.flows.CouplingParams`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, UnknownNameError
+from ..core.flows import CouplingParams  # realnvp's parameters: RunConfig fields
 from ..core.kernels import KERNELS  # the coupling MLPs' kernels
 from ..registry import _coerce, parameters
 
@@ -61,7 +63,34 @@ def hyper(default: Any, *, lo: float | None = None, above: float | None = None, 
     return field(default=default, metadata=meta)
 
 
+def declared(spec: type, *, after: str):
+    r"""Class decorator, applied before :func:`~dataclasses.dataclass`: the fields of the dataclass
+    ``spec`` (name, type, default, range: :meth:`CouplingParams.allowed`) become hyperparameters
+    (:func:`hyper`) of the decorated class, in their order, right after its field ``after``.
+
+    So parameters declared elsewhere (the couplings' ones, beside the flow that takes them) are
+    spelled once."""
+
+    def add(cls: type) -> type:
+        ann = cls.__dict__["__annotations__"]  # changed in place: the dict dataclass reads
+        items = list(ann.items())
+        at = [name for name, _ in items].index(after) + 1
+        ranges = spec.allowed()
+        own = [(f.name, f.type) for f in dataclasses.fields(spec)]
+        clash = sorted(set(ann) & {name for name, _ in own})
+        if clash:
+            raise TypeError(f"declared: {cls.__name__} spells '{clash[0]}' itself")
+        ann.clear()
+        ann.update(items[:at] + own + items[at:])
+        for f in dataclasses.fields(spec):
+            setattr(cls, f.name, hyper(f.default, **ranges[f.name]))
+        return cls
+
+    return add
+
+
 @dataclass
+@declared(CouplingParams, after="checkpoint_every")
 class RunConfig:
     """Everything that determines one training run (target x method x seed).
 
@@ -100,12 +129,9 @@ class RunConfig:
     final_samples: int = hyper(65536, lo=2)
     save_samples: int = hyper(20000, lo=0)
     checkpoint_every: int = hyper(500, lo=1)
-    # architecture (paper Table 3)
-    couplings: int = hyper(6, lo=1)
-    hidden_layers: int = hyper(4, lo=0)
-    width: int = hyper(40, lo=1)
-    activation: str = hyper("relu")
-    scale_bound: float = hyper(3.0, above=0, hi=10.0)
+    # architecture (paper Table 3): here come realnvp's parameters, the fields of
+    # core.flows.CouplingParams (couplings, hidden_layers, width, activation, scale_bound), with their
+    # defaults and ranges (@declared)
     prior_mean: float = hyper(0.0, lo=-100.0, hi=100.0)
     prior_var: float = hyper(1.0, above=0, hi=1e4)
     # execution
@@ -137,7 +163,8 @@ class RunConfig:
     train_subset: str = hyper("all", choices=TRAIN_SUBSETS, later=True)
 
     def arch(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("couplings", "hidden_layers", "width", "activation", "scale_bound")}
+        """The default architecture's parameters (:data:`REALNVP_FIELDS`) of this run."""
+        return {k: getattr(self, k) for k in REALNVP_FIELDS}
 
     def flow_spec(self):
         """The :class:`~sesamo_bench.core.architecture.FlowSpec` of this run."""
@@ -168,8 +195,8 @@ class RunConfig:
 
 
 DEFAULT_FLOW = "realnvp"
-#: RunConfig fields that are the default architecture's parameters
-REALNVP_FIELDS = ("couplings", "hidden_layers", "width", "activation", "scale_bound")
+#: RunConfig fields that are the default architecture's parameters (declared by CouplingParams)
+REALNVP_FIELDS: tuple[str, ...] = CouplingParams.names()
 
 _FIELDS = dataclasses.fields(RunConfig)
 
