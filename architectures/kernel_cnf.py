@@ -70,6 +70,8 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
@@ -170,17 +172,25 @@ class KernelCNF(Architecture):
     #: inverse and ladj are exact up to the solver's error: the contract test's absolute tolerance
     tolerance = 1e-4
 
+    @classmethod
+    def check_values(cls, params: dict[str, Any]) -> None:
+        p = params
+        if p["solver"] not in FIXED + ADAPTIVE:
+            raise ConfigError(f"kernel-cnf: 'solver' must be one of {', '.join(FIXED + ADAPTIVE)}, got {p['solver']!r}")
+        if not isinstance(p["steps"], int) or p["steps"] < 1:
+            raise ConfigError(f"kernel-cnf: 'steps' must be an integer >= 1, got {p['steps']!r}")
+        if not isinstance(p["basis"], int) or p["basis"] < 1 or not isinstance(p["times"], int) or p["times"] < 1:
+            raise ConfigError(f"kernel-cnf: 'basis' and 'times' must be integers >= 1, got {p['basis']!r}, "
+                              f"{p['times']!r}")
+        if not p["r_max"] > 0 or not p["rtol"] > 0 or not p["atol"] > 0:
+            raise ConfigError(f"kernel-cnf: 'r_max', 'rtol' and 'atol' must be > 0, got {p['r_max']!r}, "
+                              f"{p['rtol']!r}, {p['atol']!r}")
+
     def __init__(self, domain: Domain, *, basis: int = 8, times: int = 4, r_max: float = 6.0,
                  solver: str = "rk4", steps: int = 8, rtol: float = 1e-7, atol: float = 1e-9):
         super().__init__()
-        if solver not in FIXED + ADAPTIVE:
-            raise ConfigError(f"kernel-cnf: 'solver' must be one of {', '.join(FIXED + ADAPTIVE)}, got {solver!r}")
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"kernel-cnf: 'steps' must be an integer >= 1, got {steps!r}")
-        if not isinstance(basis, int) or basis < 1 or not isinstance(times, int) or times < 1:
-            raise ConfigError(f"kernel-cnf: 'basis' and 'times' must be integers >= 1, got {basis!r}, {times!r}")
-        if not r_max > 0 or not rtol > 0 or not atol > 0:
-            raise ConfigError(f"kernel-cnf: 'r_max', 'rtol' and 'atol' must be > 0, got {r_max!r}, {rtol!r}, {atol!r}")
+        self.check_values({"basis": basis, "times": times, "r_max": r_max, "solver": solver, "steps": steps,
+                           "rtol": rtol, "atol": atol})
         self.domain, self.dim = domain, domain.dim
         self.n, self.d = domain.particles
         self.solver, self.steps, self.rtol, self.atol = solver, steps, float(rtol), float(atol)

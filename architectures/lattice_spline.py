@@ -8,6 +8,8 @@ translation-equivariant.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 from sesamo_bench.core.architecture import Domain
 from sesamo_bench.errors import ConfigError
@@ -34,10 +36,14 @@ class LatticeSpline(ElementwiseCoupling):
     name = "lattice-spline"
     description = "checkerboard rational-quadratic spline couplings (zuko), circular CNN conditioners"
 
+    @classmethod
+    def check_values(cls, params: dict[str, Any]) -> None:
+        if params["bins"] < 2:
+            raise ConfigError(f"bins must be >= 2, got {params['bins']}")
+
     def __init__(self, domain: Domain, *, couplings: int = 8, width: int = 16, hidden_layers: int = 1,
                  kernel_size: int = 3, activation: str = "tanh", bins: int = 8, bound: float = 5.0):
-        if bins < 2:
-            raise ConfigError(f"bins must be >= 2, got {bins}")
+        self.check_values({"bins": bins})
         self.n_params = 3 * bins - 1
         super().__init__(domain, couplings=couplings, width=width, hidden_layers=hidden_layers,
                          kernel_size=kernel_size, activation=activation)

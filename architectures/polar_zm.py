@@ -97,16 +97,20 @@ class PolarZM(Architecture):
                                     f"multiple of {m} or leave it unset")
         return params
 
+    @classmethod
+    def check_values(cls, params: dict[str, Any]) -> None:
+        if params["order"] < 1:
+            raise ConfigError(f"order must be >= 1, got {params['order']}")
+        if params["bins"] < 2:
+            raise ConfigError(f"bins must be >= 2, got {params['bins']}")
+        if not params["bound"] > 0:
+            raise ConfigError(f"bound must be > 0, got {params['bound']}")
+
     def __init__(self, domain: Domain, *, order: int = 8, couplings: int = 6, hidden_layers: int = 2,
                  width: int = 32, activation: str = "relu", bins: int = 8, bound: float = 5.0,
                  kernels: str = "auto"):
         super().__init__()
-        if order < 1:
-            raise ConfigError(f"order must be >= 1, got {order}")
-        if bins < 2:
-            raise ConfigError(f"bins must be >= 2, got {bins}")
-        if not bound > 0:
-            raise ConfigError(f"bound must be > 0, got {bound}")
+        self.check_values({"order": order, "bins": bins, "bound": bound})
         self.domain, self.dim = domain, domain.dim
         self.order, self.bins, self.bound = int(order), int(bins), float(bound)
         # radial layers see (cos u, sin u), angular ones s; each MLP gives a shift (t or b) and the

@@ -6,6 +6,8 @@ The neural spline flow of Durkan et al. (2019) on R^D, with zuko's ``MonotonicRQ
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -34,11 +36,15 @@ class SplineFlow(Architecture):
     name = "spline"
     description = "rational-quadratic spline couplings (zuko), fully connected MLP conditioners"
 
+    @classmethod
+    def check_values(cls, params: dict[str, Any]) -> None:
+        if params["bins"] < 2:
+            raise ConfigError(f"bins must be >= 2, got {params['bins']}")
+
     def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 2, width: int = 64,
                  activation: str = "relu", bins: int = 8, bound: float = 5.0, kernels: str = "auto"):
         super().__init__()
-        if bins < 2:
-            raise ConfigError(f"bins must be >= 2, got {bins}")
+        self.check_values({"bins": bins})
         self.domain, self.dim, self.bins, self.bound = domain, domain.dim, bins, float(bound)
         mask = partition(domain.shape) if domain.dim > 1 else torch.tensor([True])
         self.register_buffer("idx", torch.stack([mask, ~mask]).long(), persistent=False)

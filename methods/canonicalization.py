@@ -24,15 +24,15 @@ class Canonicalization(Method):
     colour = "tab:green"
     order = 1
 
-    def __init__(self, shape, symmetry, **kw):
+    @classmethod
+    def check(cls, symmetry, spec, **options):
         if symmetry is None or not symmetry.finite:
             what = "no symmetry" if symmetry is None else f"the continuous symmetry '{symmetry.name}'"
             raise IncompatibleError(
                 f"canonicalization needs a finite symmetry group, got {what}; use 'sesamo' or 'realnvp'"
             )
-        if kw.get("prior_mean", 0.0) != 0.0:
+        if options.get("prior_mean", 0.0) != 0.0:
             raise IncompatibleError("canonicalization needs an invariant prior: prior_mean must be 0")
-        super().__init__(shape, symmetry, **kw)
 
     def transform(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""The equivariant map g~(z) = C_z^{-1} g(C_z z) (paper Eq. 23).

@@ -62,8 +62,8 @@ class Equivariant(PlainFlow):
         names = architectures_for(group, target)
         return names[0] if names else current
 
-    def __init__(self, shape, symmetry, **kw):
-        spec: FlowSpec | None = kw.get("flow")
+    @classmethod
+    def check(cls, symmetry, spec: FlowSpec | None, **options):
         if symmetry is None:
             raise IncompatibleError("equivariant needs a symmetry")
         if spec is None or symmetry.name not in spec.cls.equivariance:
@@ -75,9 +75,8 @@ class Equivariant(PlainFlow):
         if getattr(symmetry, "flip", None):
             raise IncompatibleError(f"equivariant: '{spec.name}' commutes with the sign flip of all components, "
                                     f"not of the subset {symmetry.flip}")
-        if kw.get("prior_mean", 0.0) != 0.0:
+        if options.get("prior_mean", 0.0) != 0.0:
             raise IncompatibleError("equivariant needs an invariant prior: prior_mean must be 0")
-        super().__init__(shape, symmetry, **kw)
 
     def info(self) -> dict[str, Any]:
         return {"enforced_symmetry": self.symmetry.name, "target_respects_it": not self.symmetry.broken}

@@ -60,27 +60,38 @@ class SESaMo(Method):
     uses_modulation = True
 
     def __init__(self, shape, symmetry, **kw):
-        if symmetry is None:
-            raise IncompatibleError("sesamo needs a symmetry")
         spec = kw.get("flow")
-        self.equivariant = spec is not None and symmetry.name in spec.cls.equivariance
-        if self.equivariant and kw.get("prior_mean", 0.0) != 0.0:
-            raise IncompatibleError(f"sesamo with the {symmetry.name}-equivariant architecture '{spec.name}' "
-                                    "needs an invariant prior: prior_mean must be 0")
+        self.equivariant = type(self).relies_on_equivariance(symmetry, FlowSpec.of(spec) if spec is not None else None)
         super().__init__(shape, symmetry, **kw)
 
-    def flow_dim(self) -> int:
-        if self.equivariant:
-            return math.prod(self.shape)
-        return self.symmetry.flow_dim(math.prod(self.shape))
+    @classmethod
+    def relies_on_equivariance(cls, symmetry, spec) -> bool:
+        """With an architecture that commutes with the symmetry, the flow acts on the whole field."""
+        return symmetry is not None and spec is not None and symmetry.name in spec.cls.equivariance
 
-    def flow_domain(self, spec: FlowSpec) -> Domain:
-        domain = super().flow_domain(spec)
-        if not self.equivariant and domain.dim != math.prod(self.shape) and spec.cls.accepts(domain) is not None:
+    @classmethod
+    def check(cls, symmetry, spec, **options):
+        if symmetry is None:
+            raise IncompatibleError("sesamo needs a symmetry")
+        if cls.relies_on_equivariance(symmetry, spec) and options.get("prior_mean", 0.0) != 0.0:
+            raise IncompatibleError(f"sesamo with the {symmetry.name}-equivariant architecture '{spec.name}' "
+                                    "needs an invariant prior: prior_mean must be 0")
+
+    @classmethod
+    def reduced_dim(cls, shape, symmetry, spec) -> int:
+        if cls.relies_on_equivariance(symmetry, spec):
+            return math.prod(shape)
+        return symmetry.flow_dim(math.prod(shape))
+
+    @classmethod
+    def domain_for(cls, shape, symmetry, spec, *, lattice=0, particles=None) -> Domain:
+        domain = super().domain_for(shape, symmetry, spec, lattice=lattice, particles=particles)
+        if (not cls.relies_on_equivariance(symmetry, spec) and domain.dim != math.prod(shape)
+                and spec.cls.accepts(domain) is not None):
             raise IncompatibleError(
                 f"architecture '{spec.name}' {spec.cls.accepts(domain)}: sesamo with symmetry "
-                f"'{self.symmetry.name}' runs its flow on R^{domain.dim}; choose an architecture that is "
-                f"{self.symmetry.name}-equivariant (it then acts on the whole field) or one for flat domains")
+                f"'{symmetry.name}' runs its flow on R^{domain.dim}; choose an architecture that is "
+                f"{symmetry.name}-equivariant (it then acts on the whole field) or one for flat domains")
         return domain
 
     def sample(self, n: int) -> Sample:

@@ -44,9 +44,17 @@ class VMONF(Method):
     def options(cls, cfg: Any) -> dict[str, Any]:
         return {"components": cfg.components}
 
-    def __init__(self, shape, symmetry, *, components: int = 4, **kw):
+    #: its flows are the components (no single ``flow`` whose vector field flow matching could regress)
+    one_flow = False
+
+    @classmethod
+    def check(cls, symmetry, spec, **options):
+        components = options.get("components", 4)
         if components < 1:
             raise IncompatibleError(f"vmonf needs components >= 1, got {components}")
+
+    def __init__(self, shape, symmetry, *, components: int = 4, **kw):
+        type(self).check(None, kw.get("flow"), components=components, **kw)
         super().__init__(shape, None, **kw)
         first = self._modules.pop("flow")
         std = first.std

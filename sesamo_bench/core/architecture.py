@@ -5,7 +5,10 @@ An architecture plugin is one file in ``architectures/`` defining a subclass of
 (:mod:`sesamo_bench.registry`: built-ins, ``SESAMO_BENCH_PLUGINS``, entry-point group
 ``sesamo_bench.architectures``). Its constructor is ``__init__(self, domain, *, ...)``: the
 keyword-only arguments are the configuration schema (``--set flow.<key>=...``, a
-``benchmarks.toml`` table), ``domain`` is given by the method that uses the flow.
+``benchmarks.toml`` table), ``domain`` is given by the method that uses the flow. A flow built on
+``realnvp``'s couplings takes their parameters, declared once, without spelling them:
+``@CouplingParams.keywords`` on ``__init__(self, domain, *, ..., **coupling)``
+(:class:`~sesamo_bench.core.flows.CouplingParams`; the schema shows them as keyword-only arguments).
 
 The contract (checked by ``tests/test_architectures.py`` for every registered architecture):
 
@@ -121,7 +124,9 @@ class Architecture(nn.Module):
         tolerance: ``None`` (inverse and ladj exact up to rounding) or the absolute error of a
             discretised flow's inverse and ladj in the contract test.
         run_fields: the architecture takes the run configuration's ``couplings``,
-            ``hidden_layers``, ``width``, ``activation`` and ``scale_bound`` (as ``realnvp`` does).
+            ``hidden_layers``, ``width``, ``activation`` and ``scale_bound`` (as ``realnvp`` does;
+            its constructor declares them with ``@CouplingParams.keywords``,
+            :class:`~sesamo_bench.core.flows.CouplingParams`).
     """
 
     name: ClassVar[str] = ""
@@ -147,6 +152,12 @@ class Architecture(nn.Module):
         with ``symmetry`` (one of ``equivariance``): e.g. a group order filled from the symmetry;
         :class:`IncompatibleError` if the given ones do not commute with it. Default: unchanged."""
         return params
+
+    @classmethod
+    def check_values(cls, params: dict[str, Any]) -> None:
+        """Refuse (:class:`ConfigError`, one line) parameter values the flow cannot be built with;
+        ``params``: every keyword argument of the constructor (defaults filled in). Checked before any
+        flow is built (:meth:`FlowSpec.check`). Default: nothing to refuse."""
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputOutsideDomain` unless ``x`` is ``(N, D)``."""
@@ -174,7 +185,9 @@ def target_domain(target: Any) -> Domain:
 
 
 def schema(cls: type) -> dict[str, Any]:
-    """An architecture's configuration schema: keyword-only constructor arguments and defaults."""
+    """An architecture's configuration schema: keyword-only constructor arguments and defaults (those of
+    its :func:`inspect.signature`: a constructor decorated by ``CouplingParams.keywords`` shows the
+    declared coupling parameters in place of its ``**coupling``)."""
     sig = inspect.signature(cls.__init__)
     return {p.name: p.default for p in sig.parameters.values()
             if p.kind == p.KEYWORD_ONLY and p.name not in EXECUTION}
@@ -255,25 +268,36 @@ class FlowSpec:
             return type(self.module) if isinstance(self.module, Architecture) else Architecture
         return registry().get(self.name)
 
-    def build(self, domain: Domain, *, what: str = "", symmetry: Any = None) -> Architecture:
-        """The flow on ``domain``; :class:`IncompatibleError` if the architecture does not fit.
-
-        ``symmetry``: the bound symmetry a method relies on the flow to commute with (its parameters,
-        such as a group order, then come from it: :meth:`Architecture.fit_symmetry`)."""
+    def check(self, domain: Domain, *, what: str = "", symmetry: Any = None) -> dict[str, Any]:
+        """Every check of :meth:`build` that needs no flow built (:class:`IncompatibleError` or
+        :class:`ConfigError`, one line): the architecture accepts ``domain``, its parameters fit its
+        schema and its values (:meth:`Architecture.check_values`), and commute with ``symmetry``;
+        a flow object's dimension is the domain's. Returns the constructor's keyword arguments."""
         reason = self.cls.accepts(domain)
         if self.module is not None:
             if reason is None and self.module.dim != domain.dim:
                 reason = f"acts on R^{self.module.dim}, but the flow must act on {domain.describe()} (D = {domain.dim})"
             if reason is not None:
                 raise IncompatibleError(f"flow object {self.name}: {reason}" + (f" ({what})" if what else ""))
-            return self.module
+            return {}
         if reason is not None:
             raise IncompatibleError(f"architecture '{self.name}' {reason}" + (f" ({what})" if what else ""))
         params = check_params(self.name, self.params)
         if symmetry is not None and symmetry.name in self.cls.equivariance:
             params = self.cls.fit_symmetry(params, symmetry)
+        self.cls.check_values({**schema(self.cls), **params})
         if "kernels" in inspect.signature(self.cls.__init__).parameters:
             params["kernels"] = self.kernels
+        return params
+
+    def build(self, domain: Domain, *, what: str = "", symmetry: Any = None) -> Architecture:
+        """The flow on ``domain``; :class:`IncompatibleError` if the architecture does not fit.
+
+        ``symmetry``: the bound symmetry a method relies on the flow to commute with (its parameters,
+        such as a group order, then come from it: :meth:`Architecture.fit_symmetry`)."""
+        params = self.check(domain, what=what, symmetry=symmetry)
+        if self.module is not None:
+            return self.module
         try:
             return self.cls(domain, **params)
         except (ConfigError, IncompatibleError):

@@ -85,7 +85,7 @@ class Method(nn.Module):
             :meth:`FlowSpec.of`), whose dimension must be the domain's (default: ``realnvp`` built
             from ``arch``).
         arch: ``realnvp`` keyword arguments (couplings, hidden_layers, width, activation,
-            scale_bound); used when ``flow`` is not given.
+            scale_bound: :class:`~sesamo_bench.core.flows.CouplingParams`); used when ``flow`` is not given.
         lattice: number of leading axes of ``shape`` that are a periodic lattice (0: none).
         particles: ``(n, d)`` when the field is ``n`` particles in ``d`` dimensions in the
             centre-of-mass-free coordinates of :mod:`sesamo_bench.core.particles` (``None``: not).
@@ -109,6 +109,9 @@ class Method(nn.Module):
     #: :meth:`log_prob` is the exact density of :meth:`sample`, so the method can learn from samples of
     #: the target (``objective = ml | mixed``) and be reweighted; a method without one sets False
     exact_density: ClassVar[bool] = True
+    #: the model's flow is one :attr:`flow` (a continuous one can then be trained by flow matching);
+    #: a mixture of flows sets False
+    one_flow: ClassVar[bool] = True
 
     @classmethod
     def symmetry_for(cls, target: Any) -> tuple[str, dict[str, Any]]:
@@ -129,6 +132,45 @@ class Method(nn.Module):
         """What the trained model says about itself, stored with the run's metrics."""
         return {}
 
+    # -- what can be decided before anything is built (the planner validates a grid with these) ------
+    @classmethod
+    def check(cls, symmetry: Symmetry | None, spec: FlowSpec, **options: Any) -> None:
+        """Refuse (:class:`~sesamo_bench.errors.IncompatibleError`, one line) what this method cannot run,
+        from the bound symmetry, the flow's spec and the constructor's keyword arguments (``prior_mean``,
+        ...) alone. Called by the constructor, and by the planner (:meth:`validate`) for every run of a
+        grid before any model is built. Default: nothing to refuse."""
+
+    @classmethod
+    def relies_on_equivariance(cls, symmetry: Symmetry | None, spec: FlowSpec) -> bool:
+        """Whether the method relies on the flow commuting with ``symmetry`` (default: :attr:`equivariant`)."""
+        return cls.equivariant
+
+    @classmethod
+    def reduced_dim(cls, shape: tuple[int, ...], symmetry: Symmetry | None, spec: FlowSpec) -> int:
+        """The dimension of the flow's domain (default: the field's)."""
+        return math.prod(shape)
+
+    @classmethod
+    def domain_for(cls, shape: tuple[int, ...], symmetry: Symmetry | None, spec: FlowSpec, *, lattice: int = 0,
+                   particles: tuple[int, int] | None = None) -> Domain:
+        """The domain the flow acts on: the target's field (lattice or particle structure kept) by
+        default; R^d when the method reduces the dimension to d (:meth:`reduced_dim`)."""
+        dim = cls.reduced_dim(shape, symmetry, spec)
+        if dim == math.prod(shape):
+            return Domain(tuple(shape), lattice=lattice, particles=particles)
+        return Domain((dim,))
+
+    @classmethod
+    def validate(cls, shape: tuple[int, ...], symmetry: Symmetry | None, spec: FlowSpec, *, lattice: int = 0,
+                 particles: tuple[int, int] | None = None, **options: Any) -> Domain:
+        """Every check of building this method that needs no model: :meth:`check`, the flow's domain and
+        the architecture on it (:meth:`FlowSpec.check`). Returns the flow's domain."""
+        cls.check(symmetry, spec, **options)
+        domain = cls.domain_for(shape, symmetry, spec, lattice=lattice, particles=particles)
+        what = f"method '{cls.name}'" + (f" with symmetry '{symmetry.name}'" if symmetry is not None else "")
+        spec.check(domain, what=what, symmetry=symmetry if cls.relies_on_equivariance(symmetry, spec) else None)
+        return domain
+
     def __init__(self, shape: tuple[int, ...], symmetry: Symmetry | None, *,
                  flow: FlowSpec | nn.Module | str | None = None, arch: dict[str, Any] | None = None,
                  lattice: int = 0, particles: tuple[int, int] | None = None,
@@ -141,23 +183,20 @@ class Method(nn.Module):
         spec = FlowSpec.of(flow, kernels=kernels) if flow is not None else FlowSpec("realnvp", dict(arch or {}),
                                                                                     kernels=kernels)
         self.spec = spec
+        type(self).check(symmetry, spec, prior_mean=prior_mean, prior_var=prior_var, kernels=kernels)
         domain = self.flow_domain(spec)
         self.prior = GaussianPrior(domain.dim, mean=prior_mean, var=prior_var)
         what = f"method '{self.name}'" + (f" with symmetry '{symmetry.name}'" if symmetry is not None else "")
-        relied_on = symmetry if self.equivariant else None
+        relied_on = symmetry if type(self).relies_on_equivariance(symmetry, spec) else None
         self.flow = Standardized(spec.build(domain, what=what, symmetry=relied_on), mean=prior_mean,
                                  std=prior_var**0.5)
 
     def flow_domain(self, spec: FlowSpec) -> Domain:
-        """The domain the flow acts on: the target's field (lattice or particle structure kept) by
-        default; R^flow_dim when the method reduces the dimension."""
-        dim = self.flow_dim()
-        if dim == math.prod(self.shape):
-            return Domain(self.shape, lattice=self.lattice, particles=self.particles)
-        return Domain((dim,))
+        """The domain the flow acts on (:meth:`domain_for` of this method's shape and symmetry)."""
+        return type(self).domain_for(self.shape, self.symmetry, spec, lattice=self.lattice, particles=self.particles)
 
     def flow_dim(self) -> int:
-        return math.prod(self.shape)
+        return type(self).reduced_dim(self.shape, self.symmetry, self.spec)
 
     def _field(self, y: Tensor) -> Tensor:
         return y.reshape(y.shape[0], *self.shape)

@@ -4,9 +4,12 @@ memory, a finite action, an exact symmetry, the objective)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,7 +18,7 @@ from .. import plugins
 from .config import RunConfig
 from ..errors import ConfigError, IncompatibleError
 from ..core.flows import MLP
-from ..core.architecture import target_domain
+from ..core.architecture import FlowSpec, target_domain
 from ..core.methods import Method, method_class
 from ..core.symmetry import Symmetry
 from ..core.target import Target
@@ -158,15 +161,8 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
     """
     mcls = method_class(cfg.method)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    domain = target_domain(target)
-    kwargs = dict(flow=cfg.flow_spec(), lattice=domain.lattice, particles=domain.particles, prior_mean=cfg.prior_mean,
-                  prior_var=cfg.prior_var, kernels=cfg.kernels, **mcls.options(cfg))
-    try:
-        model = mcls(target.shape, sym if mcls.needs_symmetry else None, **kwargs)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, (ConfigError, IncompatibleError)):
-            raise
-        raise ConfigError(f"{cfg.method}: {exc}") from None
+    with _one_line(cfg):
+        model = mcls(target.shape, sym if mcls.needs_symmetry else None, **_method_kwargs(cfg, target))
     model = model.to(device=device, dtype=dtype)
     mlp_dtype = resolve_mlp_dtype(cfg.mlp_dtype, dtype)
     if mlp_dtype != dtype:  # mixed precision: only the conditioners change dtype (flows.MLP)
@@ -174,6 +170,40 @@ def build_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> Method:
             if isinstance(m, MLP):
                 m.to(dtype=mlp_dtype)
     return model
+
+
+def _method_kwargs(cfg: RunConfig, target: Target) -> dict[str, Any]:
+    """The method's constructor keyword arguments from the run configuration."""
+    domain = target_domain(target)
+    return dict(flow=cfg.flow_spec(), lattice=domain.lattice, particles=domain.particles, prior_mean=cfg.prior_mean,
+                prior_var=cfg.prior_var, kernels=cfg.kernels, **method_class(cfg.method).options(cfg))
+
+
+@contextlib.contextmanager
+def _one_line(cfg: RunConfig) -> Iterator[None]:
+    """A TypeError or ValueError of a method or architecture (a bad keyword, a bad value) as one-line
+    :class:`ConfigError`."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, (ConfigError, IncompatibleError)):
+            raise
+        raise ConfigError(f"{cfg.method}: {exc}") from None
+
+
+def check_model(cfg: RunConfig, target: Target, sym: Symmetry | None) -> None:
+    r"""Every check of building the run's model that needs no model built: the method with this
+    symmetry, flow and options (:meth:`Method.validate`: its own refusals, the flow's domain, the
+    architecture and its parameter values on it) and what the objective needs of the flow. The
+    planner calls it once per method of a grid, and :func:`build` before it builds, so a grid and a
+    run refuse the same things in the same words (one line:
+    :class:`~sesamo_bench.errors.IncompatibleError` or :class:`~sesamo_bench.errors.ConfigError`)."""
+    mcls = method_class(cfg.method)
+    kwargs = _method_kwargs(cfg, target)
+    spec = kwargs.pop("flow")
+    with _one_line(cfg):
+        mcls.validate(tuple(target.shape), sym if mcls.needs_symmetry else None, spec, **kwargs)
+    check_flow_matching(cfg, mcls, spec)
 
 
 def prepare(cfg: RunConfig) -> tuple[Target, Symmetry | None]:
@@ -221,10 +251,9 @@ def check_objective(cfg: RunConfig, target: Target) -> None:
 def build(cfg: RunConfig) -> tuple[Target, Method, torch.device, torch.dtype]:
     """Target, model (on device and dtype), device and dtype of a run; validates the combination."""
     target, sym = prepare(cfg)
+    check_model(cfg, target, sym)
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype, target)
-    model = build_model(cfg, target, sym)
-    check_flow_matching(cfg, model)
-    return target, model, device, dtype
+    return target, build_model(cfg, target, sym), device, dtype
 
 
 def training_rows(cfg: RunConfig, target: Target) -> tuple[Tensor, list[int]]:
@@ -235,13 +264,12 @@ def training_rows(cfg: RunConfig, target: Target) -> tuple[Tensor, list[int]]:
     return restrict(target, target.training_data("train"), cfg.train_subset)
 
 
-def check_flow_matching(cfg: RunConfig, model: Method) -> None:
-    """``objective = flow-matching`` regresses a vector field: the model's flow must be a continuous
-    one (``Architecture.velocity``); one-line :class:`~sesamo_bench.errors.IncompatibleError` otherwise
-    (``--methods all`` skips such a method with a note)."""
-    from ..core.flow_matching import velocity_field
-
-    if cfg.objective != "flow-matching" or velocity_field(model) is not None:
+def check_flow_matching(cfg: RunConfig, mcls: type[Method], spec: FlowSpec) -> None:
+    """``objective = flow-matching`` regresses a vector field: the method's one flow must be a
+    continuous one (``Architecture.velocity``); one-line :class:`~sesamo_bench.errors.IncompatibleError`
+    otherwise (``--methods all`` skips such a method with a note)."""
+    flow = spec.module if spec.module is not None else spec.cls
+    if cfg.objective != "flow-matching" or (mcls.one_flow and callable(getattr(flow, "velocity", None))):
         return
     have = [n for n in plugins.architectures.names() if callable(getattr(plugins.architectures.get(n), "velocity",
                                                                            None))]

@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, UserError
 from .grid import PlannedRun
-from .store import COLUMNS, Store, read_history_csv, write_json
+from .record import COLUMNS, RunRecord
+from .store import Store, read_history_csv, write_json
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 INSTALL_HINT = "pip install 'sesamo-bench[slurm]'"
@@ -623,7 +624,7 @@ def _tail(path: Path, n: int, max_bytes: int = 1 << 16) -> str:
 class Collected:
     """What :func:`collect` did."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
     pending: list[JobStatus] = field(default_factory=list)
 
 
@@ -641,22 +642,21 @@ def collect(store: Store, *, run_ids: set[str] | None = None, statuses: list[Job
             continue
         e = st.entry
         if st.result is not None:
-            rec = dict(st.result)
-            rec["run_dir"] = e["run_dir"]  # the checked directory, not what the run's file says
-            rec["history"] = read_history_csv(Path(e["run_dir"]) / "history.csv")
+            rec = RunRecord.from_row({k: v for k, v in st.result.items() if k in COLUMNS})
+            rec.run_dir = e["run_dir"]  # the checked directory, not what the run's file says
+            rec.history = read_history_csv(Path(e["run_dir"]) / "history.csv")
         elif st.state == "failed":
             reason = st.detail or "the job failed"
             if st.log_tail:
                 reason += f" ({st.log_tail.strip().splitlines()[-1]})"
-            rec = {"run_id": e["run_id"], "benchmark": e["benchmark"], "target": e["target"], "method": e["method"],
-                   "seed": e["seed"], "params": e["params"], "config": e["config"], "status": "failed",
-                   "error": f"job {e['job_id']}: {reason}", "run_dir": e["run_dir"],
-                   "provenance": {"job_id": e["job_id"], "submission": st.submission},
-                   "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            rec = RunRecord(run_id=e["run_id"], benchmark=e["benchmark"], target=e["target"], method=e["method"],
+                            seed=e["seed"], params=e["params"], config=e["config"], status="failed",
+                            error=f"job {e['job_id']}: {reason}", run_dir=e["run_dir"],
+                            provenance={"job_id": e["job_id"], "submission": st.submission},
+                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         else:
             out.pending.append(st)
             continue
-        rec = {k: v for k, v in rec.items() if k in COLUMNS}
         store.put(rec)
         out.records.append(store.get(e["run_id"]) or rec)
     return out

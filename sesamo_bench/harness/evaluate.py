@@ -6,7 +6,6 @@ the importance-weighted breaking ratio (every ``eval_every`` steps, and once mor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -15,6 +14,7 @@ from torch import Tensor
 from ..core import metrics
 from .. import plugins
 from .config import RunConfig
+from .record import Values
 from ..errors import ConfigError, IncompatibleError
 from ..core.loss import log_weights
 from ..core.methods import Method
@@ -28,23 +28,21 @@ class EvaluationStopped(Exception):
     """:func:`evaluate` saw ``should_stop`` return True between two chunks."""
 
 
-@dataclass
-class Evaluation:
-    ess: float
-    log_z: float
-    log_z_err: float
-    ess_path: float
-    outside_cell: float
-    x: Tensor | None = None
-    log_w: Tensor | None = None
-    #: ESS x N, and whether it is large enough for ``log_z_err`` (metrics.MIN_EFFECTIVE_SAMPLES)
-    ess_n: float | None = None
-    log_z_err_reliable: bool | None = None
-    #: importance-weighted breaking ratio of the samples and its error (where ``sign_fn`` is given)
-    breaking_ratio_is: float | None = None
-    breaking_ratio_is_err: float | None = None
-    #: fraction of samples whose density an architecture's guard made finite but wrong (M = 0, e^rho underflow)
-    underflow: float = 0.0
+class Evaluation(Values):
+    r"""What :func:`evaluate` measured: ``x`` and ``log_w`` (the kept samples ``(keep, *shape)`` and
+    their log-weights), and its numbers as attributes (declared once, on
+    :class:`~sesamo_bench.harness.record.RunRecord`): ``ess``, ``log_z``, ``log_z_err``, ``ess_path``,
+    ``outside_cell``, ``ess_n`` and ``log_z_err_reliable`` (ESS x N and whether it is large enough for
+    ``log_z_err``, metrics.MIN_EFFECTIVE_SAMPLES), ``breaking_ratio_is`` and ``breaking_ratio_is_err``
+    (the importance-weighted breaking ratio, where ``sign_fn`` is given), ``underflow`` (the fraction
+    of samples whose density an architecture's guard made finite but wrong)."""
+
+    def __init__(self, *, x: Tensor | None = None, log_w: Tensor | None = None, **values: Any):
+        self.x, self.log_w = x, log_w
+        self.values = self.check(values, "Evaluation")
+
+    def __repr__(self) -> str:
+        return f"Evaluation({', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
 
 
 def _underflow(model: Method, n: int) -> Tensor | None:
@@ -100,9 +98,11 @@ def evaluate(model: Method, target: Target, n: int, *, chunk: int = 16384, keep:
     x = torch.cat(xs)[:keep].cpu() if keep else None
     n_eff = metrics.effective_samples(log_w)
     r_is = metrics.weighted_breaking_ratio(log_w, torch.cat(signs)) if signs else (None, None)
-    return Evaluation(metrics.ess(log_w), lz, lz_err, metrics.ess(torch.cat(lw_path).cpu()), outside / n,
-                      x, log_w[:keep] if keep else None, n_eff, metrics.error_reliable(n_eff), *r_is,
-                      underflow=under / n)
+    return Evaluation(ess=metrics.ess(log_w), log_z=lz, log_z_err=lz_err,
+                      ess_path=metrics.ess(torch.cat(lw_path).cpu()), outside_cell=outside / n,
+                      x=x, log_w=log_w[:keep] if keep else None, ess_n=n_eff,
+                      log_z_err_reliable=metrics.error_reliable(n_eff), breaking_ratio_is=r_is[0],
+                      breaking_ratio_is_err=r_is[1], underflow=under / n)
 
 
 @torch.no_grad()

@@ -59,7 +59,7 @@ class PlannedRun:
 
 def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
     """Resolve and validate a grid; returns the runs and notes (e.g. skipped methods)."""
-    from .train import build_model, check_flow_matching, prepare
+    from .build import check_model, prepare
 
     plugins.targets.get(req.target)
     implicit = req.methods is None
@@ -97,7 +97,7 @@ def plan(req: GridRequest) -> tuple[list[PlannedRun], list[str]]:
             cfg = cfgs[0]  # the seeds share everything checked here: target, symmetry and model built once
             target, sym = prepare(cfg)
             try:
-                check_flow_matching(cfg, build_model(dataclasses.replace(cfg, device="cpu"), target, sym))
+                check_model(cfg, target, sym)  # no model is built to plan a grid
             except IncompatibleError as exc:
                 if not implicit:
                     raise

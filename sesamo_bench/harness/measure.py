@@ -14,6 +14,7 @@ HMC has no training time: its cost is its own seconds, burn-in included, over n_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from ..errors import ConfigError, StoreError
 from ..analysis.nmcmc import independence_metropolis
 from ..analysis.observables import Estimate, from_chain, reweighted
 from ..core.target import Target
+from .record import RunRecord
 
 KINDS = ("reweight", "nmcmc", "hmc")
 #: lags of the stored autocorrelation functions
@@ -212,27 +214,26 @@ def measure_hmc(target: Target, *, samples: int, chains: int = 16, global_moves:
                        _costs(est, seconds), settings, autocorrelations(values, chains))
 
 
-def load_trained(record: dict[str, Any], *, device: str = "cpu") -> tuple[Target, Any]:
+def load_trained(record: RunRecord | dict[str, Any], *, device: str = "cpu") -> tuple[Target, Any]:
     """The target and the trained model of a finished run, from its ``checkpoint.pt`` (tensors only:
     loaded with ``weights_only=True``)."""
-    import dataclasses
-
     from .config import RunConfig
     from .train import build
 
-    if record.get("status") != "finished":
-        raise ConfigError(f"run {record['run_id']} is {record.get('status')}, not finished: nothing to measure")
-    if not isinstance(record.get("run_dir"), str) or not record["run_dir"]:
-        raise StoreError(f"run {record['run_id']} has no run directory in its store's folder (see the warning "
+    rec = RunRecord.from_row(record)
+    if rec.status != "finished":
+        raise ConfigError(f"run {rec.run_id} is {rec.status}, not finished: nothing to measure")
+    if not isinstance(rec.run_dir, str) or not rec.run_dir:
+        raise StoreError(f"run {rec.run_id} has no run directory in its store's folder (see the warning "
                          f"above): nothing to measure")
-    ckpt = Path(record["run_dir"]) / "checkpoint.pt"
-    cfg = dataclasses.replace(RunConfig.from_dict(record["config"]), device=device)
+    ckpt = Path(rec.run_dir) / "checkpoint.pt"
+    cfg = dataclasses.replace(RunConfig.from_dict(rec.config), device=device)
     target, model, dev, _ = build(cfg)
     try:
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
     except (OSError, RuntimeError, KeyError, EOFError, ValueError) as exc:
-        raise StoreError(f"cannot load the trained model of run {record['run_id']} from {ckpt}: "
+        raise StoreError(f"cannot load the trained model of run {rec.run_id} from {ckpt}: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     return target, model
 
@@ -240,18 +241,17 @@ def load_trained(record: dict[str, Any], *, device: str = "cpu") -> tuple[Target
 # ---------------------------------------------------------------------------------------------
 # storing and showing
 # ---------------------------------------------------------------------------------------------
-def attach(record: dict[str, Any], measurements: list[Measurement]) -> dict[str, Any]:
+def attach(record: RunRecord | dict[str, Any], measurements: list[Measurement]) -> RunRecord:
     """The record with ``metrics["measurements"][kind]`` set for each measurement (a copy)."""
-    rec = dict(record)
-    metrics = dict(rec.get("metrics") or {})
+    rec = RunRecord.from_row(record)
+    metrics = dict(rec.metrics)
     stored = dict(metrics.get("measurements") or {})
     stored.update({m.kind: m.to_dict() for m in measurements})
     metrics["measurements"] = stored
-    rec["metrics"] = metrics
-    return rec
+    return rec.replace(metrics=metrics)
 
 
-def hmc_record(target: Target, m: Measurement, *, benchmark: str | None = None) -> dict[str, Any]:
+def hmc_record(target: Target, m: Measurement, *, benchmark: str | None = None) -> RunRecord:
     r"""A store row for an HMC measurement (method ``hmc``): its id is the hash of the target, its
     parameters and the HMC settings, so the same command again replaces it."""
     from .runner import _static_provenance
@@ -272,19 +272,18 @@ def hmc_record(target: Target, m: Measurement, *, benchmark: str | None = None) 
         config["plugin_sources"] = shadow
     rid = run_id(config, benchmark)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return attach({
-        "run_id": rid, "benchmark": benchmark, "target": target.name, "method": "hmc", "seed": settings["seed"],
-        "params": target.params(), "config": config, "provenance": {**_static_provenance(), "start": now, "end": now},
-        "status": "finished", "steps": m.settings["trajectories"], "wall_s": m.seconds, "ess": None, "log_z": None,
-        "log_z_err": None, "breaking_ratio": None, "breaking_ratio_exact": None, "metrics": {}, "history": [],
-        "run_dir": "", "started": now, "finished": now, "error": None}, [m])
+    return attach(RunRecord(
+        run_id=rid, benchmark=benchmark, target=target.name, method="hmc", seed=settings["seed"],
+        params=target.params(), config=config, provenance={**_static_provenance(), "start": now, "end": now},
+        status="finished", steps=m.settings["trajectories"], wall_s=m.seconds, run_dir="", started=now,
+        finished=now), [m])
 
 
 # ---------------------------------------------------------------------------------------------
 # the commands' work: measure a stored run, record an HMC baseline
 # ---------------------------------------------------------------------------------------------
 def measure_run(store: Any, run: str, *, samples: int, amortise: int | None = None, mcmc: bool = False,
-                names: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
+                names: list[str] | None = None, seed: int = 0) -> RunRecord:
     r"""Measure the observables of stored run ``run`` (an id or unique prefix) from ``samples``
     fresh draws of its flow (and neural MCMC with ``mcmc``); the updated record, stored, and
     written to the run's ``measurements.json``."""
@@ -292,15 +291,15 @@ def measure_run(store: Any, run: str, *, samples: int, amortise: int | None = No
 
     rec = store.find(run)
     target, model = load_trained(rec)
-    got = measure_flow(model, target, samples=samples, train_seconds=float(rec.get("wall_s") or 0.0),
+    got = measure_flow(model, target, samples=samples, train_seconds=float(rec.wall_s or 0.0),
                        amortise=amortise, mcmc=mcmc, names=names, seed=seed)
     new = attach(rec, got)
     store.put(new)
-    write_json(Path(rec["run_dir"]) / "measurements.json", new["metrics"]["measurements"])
+    write_json(Path(rec.run_dir) / "measurements.json", new.metrics["measurements"])
     return new
 
 
-def hmc_run(store: Any, target: Target, **settings: Any) -> dict[str, Any]:
+def hmc_run(store: Any, target: Target, **settings: Any) -> RunRecord:
     """Run the HMC baseline on ``target`` (:func:`measure_hmc`'s settings) and store its record."""
     rec = hmc_record(target, measure_hmc(target, **settings))
     store.put(rec)

@@ -39,6 +39,7 @@ from .checkpoint import is_temporary
 from .claim import Busy, Claim, ClaimLost, acquire
 from ..errors import DivergedError, StoreError
 from .grid import PlannedRun
+from .record import RunRecord
 from .resume import ResumePlan, resume_plan
 from .store import Store, write_history_csv, write_json, write_samples
 
@@ -49,7 +50,7 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 class GridOutcome:
     """What :func:`run_grid` did: one record per run it ran or reused, and the signal that stopped it."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
     signal: int | None = None
     not_started: int = 0
 
@@ -121,7 +122,7 @@ Emit = Callable[[str, str, dict[str, Any]], None]
 
 
 def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Callable[[], bool],
-            emit: Emit) -> dict[str, Any] | None:
+            emit: Emit) -> RunRecord | None:
     """Train one run and record it in the store; ``None`` when a stop was requested before it began.
 
     A run that another live process is training (its claim, :mod:`sesamo_bench.harness.claim`) is not
@@ -137,23 +138,22 @@ def execute(run: PlannedRun, store_path: Path, *, resume: bool, should_stop: Cal
             then = "rerun with --resume once it has ended" if isinstance(exc, Busy) else "the other process finishes it"
             emit("note", run.run_id, {"message": f"skipping {run.config.label()} [{run.run_id}]: {exc}; {then}"})
             row = store.get(run.run_id)
-            return row if row is not None else {**_bare_record(run, store.runs_dir / run.run_id),
-                                                "status": "running", "error": str(exc)}
+            return row if row is not None else new_record(run, str(store.runs_dir / run.run_id), status="running",
+                                                          error=str(exc))
     finally:
         store.close()
 
 
-def _bare_record(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
+def new_record(run: PlannedRun, run_dir: str, **columns: Any) -> RunRecord:
+    """The record of a planned run, before it has results (its identity and these ``columns``)."""
     cfg = run.config
-    return {"run_id": run.run_id, "benchmark": run.benchmark, "target": cfg.target, "method": cfg.method,
-            "seed": cfg.seed, "params": run.params, "config": cfg.to_dict(), "run_dir": str(run_dir),
-            "steps": None, "wall_s": None, "ess": None, "log_z": None, "log_z_err": None, "breaking_ratio": None,
-            "breaking_ratio_exact": None, "error": None}
+    return RunRecord(run_id=run.run_id, benchmark=run.benchmark, target=cfg.target, method=cfg.method, seed=cfg.seed,
+                     params=dict(run.params), config=cfg.to_dict(), run_dir=run_dir, **columns)
 
 
 def execute_in_dir(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop: Callable[[], bool], emit: Emit,
-                   put: Callable[[dict[str, Any]], None] | None = None,
-                   extra_provenance: dict[str, Any] | None = None, claim_wait_s: float = 0.0) -> dict[str, Any]:
+                   put: Callable[[RunRecord], None] | None = None,
+                   extra_provenance: dict[str, Any] | None = None, claim_wait_s: float = 0.0) -> RunRecord:
     r"""Train one run into its run directory and return its record.
 
     Arguments:
@@ -210,8 +210,8 @@ def _last_checkpoint_step(ckpt: Path, default: int) -> int:
 
 
 def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_stop: Callable[[], bool], emit: Emit,
-                     put: Callable[[dict[str, Any]], None] | None,
-                     extra_provenance: dict[str, Any] | None, claim: Claim) -> dict[str, Any]:
+                     put: Callable[[RunRecord], None] | None,
+                     extra_provenance: dict[str, Any] | None, claim: Claim) -> RunRecord:
     import torch
 
     from .train import CheckpointError, Interrupted, load_checkpoint, train
@@ -238,13 +238,8 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
     if discarded is not None:
         prov["checkpoint_discarded"] = discarded
     prov.update(extra_provenance or {})
-    record: dict[str, Any] = {
-        "run_id": run.run_id, "benchmark": run.benchmark, "target": cfg.target, "method": cfg.method,
-        "seed": cfg.seed, "params": run.params, "config": cfg.to_dict(), "provenance": prov, "status": "running",
-        "steps": start_step, "wall_s": prior_wall, "ess": None, "log_z": None, "log_z_err": None,
-        "breaking_ratio": None, "breaking_ratio_exact": None, "metrics": {}, "history": prior,
-        "run_dir": str(run_dir), "started": prov["start"], "finished": None, "error": None,
-    }
+    record = new_record(run, str(run_dir), provenance=prov, status="running", steps=start_step, wall_s=prior_wall,
+                        history=prior, started=prov["start"])
     write_json(run_dir / "config.json", {"run_id": run.run_id, "benchmark": run.benchmark, "params": run.params,
                                          "config": cfg.to_dict()})
     if put is not None:
@@ -314,15 +309,13 @@ def _execute_claimed(run: PlannedRun, run_dir: Path, *, resume: bool, should_sto
     history = prior + rows
     if result is not None:
         history = result.history
-        record.update(status="finished", steps=result.steps, wall_s=result.wall_s, ess=result.ess,
-                      log_z=result.log_z, log_z_err=result.log_z_err, breaking_ratio=result.breaking_ratio,
-                      breaking_ratio_exact=result.breaking_ratio_exact, metrics=result.metrics())
+        record.update(**result.record())
         prov.update(device=result.device, dtype=result.dtype)
         if result.samples is not None:
             write_samples(run_dir / "samples.npz", result.samples.float().numpy(),
                           result.sample_log_w.double().numpy())
     else:
-        record["wall_s"] = prior_wall + time.perf_counter() - t0
+        record.wall_s = prior_wall + time.perf_counter() - t0
     prov["end"] = _now()
     record.update(history=history, finished=prov["end"], provenance=prov)
     write_history_csv(run_dir / "history.csv", history)
@@ -602,15 +595,17 @@ def _pool(todo: list[tuple[PlannedRun, bool]], store: Store, workers: int, flag:
         raise error
 
 
-def _crashed(run: PlannedRun, store: Store, msg: str, *, pid: int | None = None) -> dict[str, Any]:
+def _crashed(run: PlannedRun, store: Store, msg: str, *, pid: int | None = None) -> RunRecord:
     """Record ``run`` as failed with ``msg`` (unless the dead worker had recorded its end already)."""
     old = store.get(run.run_id)
     if (old is not None and pid is not None and old["status"] in ("finished", "diverged", "failed")
             and (old.get("provenance") or {}).get("pid") == pid):
         return old
-    rec = {"run_id": run.run_id, "benchmark": run.benchmark, "target": run.config.target,
-           "method": run.config.method, "seed": run.config.seed, "params": run.params,
-           "config": run.config.to_dict(), "status": "failed", "error": msg.splitlines()[0], "finished": _now(),
-           "metrics": {"error": msg.splitlines()[0]}, "run_dir": str(store.runs_dir / run.run_id)}
+    first = msg.splitlines()[0]
+    if old is None:
+        rec = new_record(run, str(store.runs_dir / run.run_id))
+    else:  # what the run had recorded (its provenance, history, steps) stays
+        rec = old.replace()
+    rec.update(status="failed", error=first, finished=_now(), metrics={"error": first})
     store.put(rec)
     return store.get(run.run_id) or rec

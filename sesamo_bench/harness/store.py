@@ -29,12 +29,13 @@ import secrets
 import sqlite3
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 from ..errors import StoreError
 # the columns of table ``runs`` and those stored as JSON, declared once in the run record; ``clean``
 # (strict JSON values) lives there too and is importable from here as before
-from .record import COLUMNS, JSON_COLUMNS, clean
+from .record import COLUMNS, JSON_COLUMNS, RunRecord, clean
 
 SCHEMA_VERSION = 1
 APPLICATION = "sesamo-bench"
@@ -193,8 +194,9 @@ class Store:
         self._conn.close()
 
     # -- writing ---------------------------------------------------------------------------------
-    def put(self, record: dict[str, Any]) -> None:
-        """Insert or update the row ``record["run_id"]`` (only the columns given), in one transaction."""
+    def put(self, record: RunRecord | Mapping[str, Any]) -> None:
+        """Insert or update the row ``record["run_id"]`` in one transaction: every column of a
+        :class:`~sesamo_bench.harness.record.RunRecord`, only the columns given of another mapping."""
         if "run_id" not in record:
             raise ValueError("record without run_id")
         unknown = set(record) - set(COLUMNS)
@@ -214,11 +216,11 @@ class Store:
             raise StoreError(f"cannot write results store {self.path}: {exc}") from None
 
     # -- reading ---------------------------------------------------------------------------------
-    def get(self, run_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str) -> RunRecord | None:
         rows = self._select("WHERE run_id = ?", [run_id])
         return rows[0] if rows else None
 
-    def find(self, prefix: str) -> dict[str, Any]:
+    def find(self, prefix: str) -> RunRecord:
         """The run whose id is ``prefix`` or starts with it (unique), else :class:`StoreError`."""
         exact = self.get(prefix)
         if exact is not None:
@@ -233,8 +235,8 @@ class Store:
         return rows[0]
 
     def runs(self, target: str | None = None, method: str | None = None, benchmark: str | None = None,
-             status: str | None = None) -> list[dict[str, Any]]:
-        """All rows matching the filters (``None``: any), JSON columns decoded, in the order first written."""
+             status: str | None = None) -> list[RunRecord]:
+        """All runs matching the filters (``None``: any), in the order first written."""
         where, args = [], []
         for col, val in (("target", target), ("method", method), ("benchmark", benchmark), ("status", status)):
             if val is not None:
@@ -242,7 +244,7 @@ class Store:
                 args.append(val)
         return self._select(("WHERE " + " AND ".join(where)) if where else "", args, skip_incomplete=True)
 
-    def _select(self, where: str, args: list[Any], *, skip_incomplete: bool = False) -> list[dict[str, Any]]:
+    def _select(self, where: str, args: list[Any], *, skip_incomplete: bool = False) -> list[RunRecord]:
         """The rows, JSON columns decoded and every damaged cell (:func:`check_row`) replaced by an
         empty value with one warning naming the run and the column; ``skip_incomplete``: rows
         without a usable target, method or seed (which the tables group and sort by) are left out."""
@@ -276,7 +278,7 @@ class Store:
                 self._warn(d, damaged)
             if not isinstance(d.get("run_id"), str):
                 continue
-            out.append(d)
+            out.append(RunRecord.from_row(d))
         return out
 
     # -- run directories: stored relative to the store's folder, never read outside it ------------
@@ -389,7 +391,7 @@ def check_row(row: dict[str, Any]) -> list[str]:
         >>> check_row(row), row["wall_s"], row["target"], row["history"], row["metrics"]
         (['target', 'wall_s', 'metrics.measurements', 'history'], None, None, [{'step': 2}], {})
     """
-    from .record import METRICS, RunRecord
+    from .record import METRIC_KINDS
 
     bad = []
     for name, sql in COLUMNS.items():
@@ -418,16 +420,14 @@ def check_row(row: dict[str, Any]) -> list[str]:
                 for kind in [k for k, m in meas.items() if not _is_measurement(m)]:
                     del meas[kind]
                     bad.append(f"metrics.measurements.{kind}")
-        hints = RunRecord.__annotations__
-        for key in METRICS:
+        for key, kind in METRIC_KINDS.items():
             v = metrics.get(key)
             if v is None:
                 continue
-            hint = str(hints.get(key, ""))
-            if hint.startswith("list"):  # a list of numbers (NaN stored as null)
+            if kind is list:  # a list of numbers (NaN stored as null)
                 ok = isinstance(v, list) and all(x is None or _is_num(x) for x in v)
             else:
-                ok = isinstance(v, bool) if "bool" in hint else _is_num(v)
+                ok = isinstance(v, bool) if kind is bool else _is_num(v)
             if not ok:
                 metrics[key] = None
                 bad.append(f"metrics.{key}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError, check_fits, load_checkpoint, save_check
 # the checkpoint's names lived here before harness.checkpoint (kept for callers of 0.2)
 from .checkpoint import CHECKPOINT_KEYS as CHECKPOINT_KEYS, plain as plain
 from .config import RunConfig
-from .record import METRICS
+from .record import COLUMN_METRICS, RESULT_METRICS, Values
 from ..errors import DivergedError
 from ..core.methods import Method
 from ..core.target import Target
@@ -30,7 +30,7 @@ from ..core.target import Target
 # fit and train call build, evaluate, support, Trainer, ... through this module's globals, so patching them
 # here reaches those calls (a call inside build.py, evaluate.py or trainer.py looks up that module's own name)
 from .build import (  # noqa: F401 - re-exported
-    _DTYPES, _sizes, build, build_model, build_symmetry, build_target, check_exact, check_finite_action,
+    _DTYPES, _sizes, build, build_model, build_symmetry, build_target, check_exact, check_finite_action, check_model,
     check_flow_matching, check_objective, check_size, estimate_bytes, memory_limit, prepare, resolve_device,
     resolve_dtype, resolve_mlp_dtype, training_rows,
 )
@@ -51,67 +51,31 @@ class Interrupted(Exception):
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    """What one run produced."""
+class Result(Values):
+    r"""What one run produced: its configuration, status, steps, training wall time, history, device
+    and dtype, the kept samples and their log-weights, the method's own ``info``, and the final
+    evaluation's numbers as attributes (``result.ess``, ``result.nll``, ...; declared once, on
+    :class:`~sesamo_bench.harness.record.RunRecord`, :data:`~sesamo_bench.harness.record.RESULT_METRICS`)."""
 
-    config: RunConfig
-    status: str
-    steps: int
-    wall_s: float
-    ess: float | None = None
-    log_z: float | None = None
-    log_z_err: float | None = None
-    ess_path: float | None = None
-    outside_cell: float | None = None
-    underflow: float | None = None
-    breaking_ratio: float | None = None
-    breaking_ratio_exact: float | None = None
-    probabilities: list[float] | None = None
-    probabilities_exact: list[float] | None = None
-    log_z_exact: float | None = None
-    ess_n: float | None = None
-    log_z_err_reliable: bool | None = None
-    breaking_ratio_is: float | None = None
-    breaking_ratio_is_err: float | None = None
-    breaking_ratio_exact_err: float | None = None
-    support_missing: float | None = None
-    support_missing_err: float | None = None
-    support_missing_count: int | None = None
-    support_reference_n: int | None = None
-    energy_w1: float | None = None
-    energy_w2: float | None = None
-    distance_w1: float | None = None
-    distance_w2: float | None = None
-    reference_energy_mean: float | None = None
-    coordinate_w2: float | None = None
-    nll: float | None = None
-    nll_err: float | None = None
-    nll_per_dim: float | None = None
-    nll_n: int | None = None
-    train_rows: int | None = None
-    unseen_states: float | None = None
-    unseen_states_is: float | None = None
-    unseen_states_ref: float | None = None
-    state_fractions: list[float] | None = None
-    state_fractions_ref: list[float] | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
-    error: str | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    samples: Tensor | None = None
-    sample_log_w: Tensor | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, config: RunConfig, status: str, steps: int, wall_s: float, *,
+                 history: list[dict[str, float]] | None = None, samples: Tensor | None = None,
+                 sample_log_w: Tensor | None = None, info: dict[str, Any] | None = None, device: str = "cpu",
+                 dtype: str = "float32", error: str | None = None, **values: Any):
+        self.config, self.status, self.steps, self.wall_s = config, status, steps, wall_s
+        self.history = list(history or [])
+        self.samples, self.sample_log_w, self.info = samples, sample_log_w, dict(info or {})
+        self.device, self.dtype, self.error = device, dtype, error
+        self.values = self.check(values, "Result")
 
     def metrics(self) -> dict[str, Any]:
-        keys = ("ess", "log_z", "log_z_err", "ess_path", "outside_cell", "breaking_ratio",
-                "breaking_ratio_exact", "probabilities", "probabilities_exact", "log_z_exact", *EXTRA_METRICS)
-        return {**{k: getattr(self, k) for k in keys}, **self.info}
+        """The metrics column: every declared number (``None`` where not measured), then ``info``."""
+        return {**{k: self.values.get(k) for k in RESULT_METRICS}, **self.info}
 
-
-#: metrics added after the first release, declared in :class:`sesamo_bench.harness.record.RunRecord`
-#: (those with ``json=True`` are also ``run --json`` fields)
-EXTRA_METRICS = METRICS
+    def record(self) -> dict[str, Any]:
+        """The columns of the run record that the result sets (status, steps, wall time, the
+        numbers that are also columns, the metrics column)."""
+        return {"status": self.status, "steps": self.steps, "wall_s": self.wall_s,
+                **{k: self.values.get(k) for k in COLUMN_METRICS}, "metrics": self.metrics()}
 
 
 _save_checkpoint = save_checkpoint

@@ -2,10 +2,11 @@ r"""Aggregation of stored runs over seeds: one group per (benchmark, target, met
 preset), with mean and sample standard deviation (``ddof=1``, the paper's "mean(std) over ten
 models") of ESS, ln Z, breaking ratios and the later metrics, and the labels and order the tables use.
 
-Pure functions of run records as returned by ``Store.runs()`` (JSON columns decoded): dicts with
-``benchmark``, ``target``, ``method``, ``seed``, ``params`` (target parameters, incl. swept values),
-``config`` (``RunConfig.to_dict()``), ``status``, ``wall_s``, ``ess``, ``log_z``,
-``breaking_ratio``, ``breaking_ratio_exact`` and ``metrics`` (``log_z_exact``, ...).
+Pure functions of run records (:class:`~sesamo_bench.harness.record.RunRecord`, as ``Store.runs()``
+returns them, or mappings of their columns): ``benchmark``, ``target``, ``method``, ``seed``,
+``params`` (target parameters, incl. swept values), ``config`` (``RunConfig.to_dict()``),
+``status``, ``wall_s``, ``ess``, ``log_z``, ``breaking_ratio``, ``breaking_ratio_exact`` and the
+metrics (``log_z_exact``, ...).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ..core.metrics import error_reliable
+from ..harness.record import RunRecord
 from .formatting import _finite
 
 #: the statuses a run record can have
@@ -187,7 +189,14 @@ def group_params(run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+#: what a group summarises over its finished seeds (name, with the standard deviation), in the output's order
+_SUMMARISED = (("ess", True), ("log_z", True), ("breaking_ratio", True), ("log_z_err", False),
+               ("breaking_ratio_is", True), ("breaking_ratio_is_err", False), ("support_missing", True),
+               ("support_missing_err", False), ("energy_w2", True), ("distance_w2", True), ("energy_w1", True),
+               ("distance_w1", True))
+
+
+def aggregate(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     r"""Group runs over seeds and summarise each group.
 
     Groups are keyed by (benchmark, target, method, architecture, params, preset), params being the
@@ -213,39 +222,31 @@ def aggregate(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         (``ess_n_min >= metrics.MIN_EFFECTIVE_SAMPLES``; ``None`` for runs recorded without it)
         and ``wall_s_mean``.
     """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in runs:
-        preset = (r.get("config") or {}).get("preset")
-        key = (r.get("benchmark"), r["target"], r["method"], params_key(group_params(r)), preset,
-               "-" if r["method"] == "hmc" else flow_label(r.get("config")))  # HMC has no flow
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in (RunRecord.from_row(r, strict=False) for r in runs):
+        preset = r.config.get("preset")
+        key = (r.benchmark, r.target, r.method, params_key(group_params(r)), preset,
+               "-" if r.method == "hmc" else flow_label(r.config))  # HMC has no flow
         groups.setdefault(key, []).append(r)
     out = []
     for (bench, target, method, _, preset, flow), rs in groups.items():
-        fin = sorted((r for r in rs if r.get("status") == "finished"), key=lambda r: r.get("seed", 0))
+        fin = sorted((r for r in rs if r.status == "finished"), key=lambda r: r.seed or 0)
         g: dict[str, Any] = {"benchmark": bench, "target": target, "method": method,
                              "params": group_params(rs[0]), "preset": preset, "flow": flow,
-                             "seeds": [r.get("seed") for r in fin], "n_runs": len(rs)}
+                             "seeds": [r.seed for r in fin], "n_runs": len(rs)}
         for s in STATUSES:
-            g[f"n_{s}"] = sum(r.get("status") == s for r in rs)
-        for name in ("ess", "log_z", "breaking_ratio"):
-            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([r.get(name) for r in fin])
-        g["log_z_err_mean"] = _mean_std([r.get("log_z_err") for r in fin])[0]
-        ms = [(r.get("metrics") or {}) for r in fin]
-        for name in ("breaking_ratio_is", "support_missing"):
-            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
-            g[f"{name}_err_mean"] = _mean_std([m.get(f"{name}_err") for m in ms])[0]
-        for name in ("energy_w2", "distance_w2", "energy_w1", "distance_w1"):
-            g[f"{name}_mean"], g[f"{name}_std"] = _mean_std([m.get(name) for m in ms])
-        n_eff = [float(m["ess_n"]) for m in ms if _finite(m.get("ess_n"))]
+            g[f"n_{s}"] = sum(r.status == s for r in rs)
+        for name, spread in _SUMMARISED:
+            m, sd = _mean_std([getattr(r, name) for r in fin])
+            g[f"{name}_mean"] = m
+            if spread:
+                g[f"{name}_std"] = sd
+        n_eff = [float(r.ess_n) for r in fin if _finite(r.ess_n)]
         g["ess_n_min"] = min(n_eff) if n_eff else None
         g["log_z_err_reliable"] = None if not n_eff else bool(error_reliable(min(n_eff)))
         # exact references are properties of the target: take them from any run of the group
-        g["log_z_exact"] = next((float(v) for r in rs if _finite(v := (r.get("metrics") or {}).get("log_z_exact"))),
-                                None)
-        g["breaking_ratio_exact"] = next((float(r["breaking_ratio_exact"]) for r in rs
-                                          if _finite(r.get("breaking_ratio_exact"))), None)
-        g["breaking_ratio_exact_err"] = next(
-            (float(v) for r in rs if _finite(v := (r.get("metrics") or {}).get("breaking_ratio_exact_err"))), None)
-        g["wall_s_mean"] = _mean_std([r.get("wall_s") for r in fin])[0]
+        for name in ("log_z_exact", "breaking_ratio_exact", "breaking_ratio_exact_err"):
+            g[name] = next((float(getattr(r, name)) for r in rs if _finite(getattr(r, name))), None)
+        g["wall_s_mean"] = _mean_std([r.wall_s for r in fin])[0]
         out.append(g)
     return sorted(out, key=_group_sort)
