@@ -12,9 +12,8 @@ from typing import Any
 
 from torch import Tensor
 from sesamo_bench.core.architecture import Domain
-from sesamo_bench.errors import ConfigError
 from sesamo_bench.core.lattice import ElementwiseCoupling
-from sesamo_bench.core.spline import rqs_coupling
+from sesamo_bench.core.spline import check_bins, rqs_coupling
 
 
 class LatticeSpline(ElementwiseCoupling):
@@ -38,8 +37,7 @@ class LatticeSpline(ElementwiseCoupling):
 
     @classmethod
     def check_values(cls, params: dict[str, Any]) -> None:
-        if params["bins"] < 2:
-            raise ConfigError(f"bins must be >= 2, got {params['bins']}")
+        check_bins(params["bins"])
 
     def __init__(self, domain: Domain, *, couplings: int = 8, width: int = 16, hidden_layers: int = 1,
                  kernel_size: int = 3, activation: str = "tanh", bins: int = 8, bound: float = 5.0):

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from sesamo_bench.core.architecture import Architecture, Domain
 from sesamo_bench.core.flows import mlp
-from sesamo_bench.core.spline import monotonic_rqs
+from sesamo_bench.core.spline import check_bins, monotonic_rqs
 from sesamo_bench.errors import ConfigError, IncompatibleError
 
 
@@ -101,8 +101,7 @@ class PolarZM(Architecture):
     def check_values(cls, params: dict[str, Any]) -> None:
         if params["order"] < 1:
             raise ConfigError(f"order must be >= 1, got {params['order']}")
-        if params["bins"] < 2:
-            raise ConfigError(f"bins must be >= 2, got {params['bins']}")
+        check_bins(params["bins"])
         if not params["bound"] > 0:
             raise ConfigError(f"bound must be > 0, got {params['bound']}")
 

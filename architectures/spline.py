@@ -12,9 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from sesamo_bench.core.architecture import Architecture, Domain
-from sesamo_bench.errors import ConfigError
 from sesamo_bench.core.flows import mlp, partition
-from sesamo_bench.core.spline import rqs_coupling
+from sesamo_bench.core.spline import check_bins, rqs_coupling
 
 
 class SplineFlow(Architecture):
@@ -38,8 +37,7 @@ class SplineFlow(Architecture):
 
     @classmethod
     def check_values(cls, params: dict[str, Any]) -> None:
-        if params["bins"] < 2:
-            raise ConfigError(f"bins must be >= 2, got {params['bins']}")
+        check_bins(params["bins"])
 
     def __init__(self, domain: Domain, *, couplings: int = 6, hidden_layers: int = 2, width: int = 64,
                  activation: str = "relu", bins: int = 8, bound: float = 5.0, kernels: str = "auto"):

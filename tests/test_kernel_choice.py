@@ -67,6 +67,21 @@ def test_auto_takes_the_fastest_measured_path_and_caches_it(fresh, monkeypatch):
     assert choice.path == "aten" and choice.source == "cached" and choice.times_ms["native"] == 3.0
 
 
+def test_the_decision_does_not_depend_on_the_thread_count(fresh, monkeypatch):
+    """A job with one thread and a local run with two take the same path (the numbers of a seed do
+    not depend on the thread count; a per-thread-count decision on a noisy machine broke that)."""
+    monkeypatch.setattr(kernels, "candidates", lambda: ("native", "onednn", "aten"))
+    calls: list = []
+    monkeypatch.setattr(kernels, "measure", _fake_times({"native": 1.0, "onednn": 2.0, "aten": 3.0}, calls))
+    sizes = (1, 16, 2)
+    first = kernels.choose(sizes, 128, threads=1)
+    kernels.forget()  # another process, with two threads, that the other timings would favour
+    monkeypatch.setattr(kernels, "measure", _fake_times({"native": 3.0, "onednn": 2.0, "aten": 1.0}, calls))
+    second = kernels.choose(sizes, 128, threads=2)
+    assert len(calls) == 1
+    assert first.path == second.path == "native" and second.source == "cached" and second.threads == 1
+
+
 def test_a_machine_where_the_native_kernels_lose_never_uses_them(fresh, monkeypatch):
     monkeypatch.setattr(kernels, "candidates", lambda: ("native", "onednn", "aten"))
     monkeypatch.setattr(kernels, "measure", _fake_times({"native": 9.0, "onednn": 1.0, "aten": 2.0}, []))

@@ -26,8 +26,15 @@ the fastest. Which path wins depends on the CPU: on AVX-512 machines the native 
 batches. The decision is kept for the process and cached on disk beside the compiled kernels
 (``kernel-choices.json`` in :func:`sesamo_bench.core.native.cache_dir`), keyed by the CPU's model and
 feature flags, the torch version, the native build, the dtype, the layer sizes, the batch size
-class (the nearest power of two), the grad mode and the thread count, so a machine decides once
-and every later run on it takes the same path (a run's numbers do not depend on timing noise).
+class (the nearest power of two) and the grad mode, so a machine decides once and every later run
+on it takes the same path (a run's numbers do not depend on timing noise). The thread count is not
+part of the key: the native kernels sum in an order fixed by the batch alone (and the plain and
+oneDNN paths gave the same numbers with one and two threads in ``tests/test_cluster.py``), so a
+seed gives the same numbers with any number of threads on one machine, which a per-thread-count
+decision would break (a job with one thread and a local run with two would take different paths). A decision records
+the thread count it was timed with. Another machine may decide differently, and the float32
+rounding of the paths differs: pin ``kernels=`` where numbers must agree bit for bit across
+machines.
 A decision timed on a busy machine can be noisy: ``sesamo-bench perf`` times every shape it runs
 anew and replaces the cached decisions (:func:`remeasure`); deleting the file makes every shape be
 timed again on first use. ``torch.compile`` is not among the candidates: compiling one MLP takes
@@ -146,8 +153,8 @@ def select(kernels: str, x: Tensor, relu: bool, sizes: tuple[int, ...]) -> str |
     """The fused kernels (``"native"`` or ``"onednn"``) an MLP with these settings and layer
     ``sizes`` ``(n_in, hidden..., n_out)`` runs on ``x``, or ``None`` for the plain module.
 
-    ``"auto"`` takes what :func:`choose` measured fastest for this shape, batch size class, grad
-    mode and thread count."""
+    ``"auto"`` takes what :func:`choose` measured fastest for this shape, batch size class and grad
+    mode."""
     if kernels == "aten" or not relu or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
         return None
     if torch.compiler.is_compiling():  # compiled code uses the compiler's kernels
@@ -157,7 +164,7 @@ def select(kernels: str, x: Tensor, relu: bool, sizes: tuple[int, ...]) -> str |
         hit = _fast.get(fast)  # a step's MLPs look up the same few keys: skip choose()'s arithmetic
         if hit is None:
             c = choose(sizes, fast[1], grad=fast[2], threads=fast[3])
-            hit = _fast[fast] = (c.path, (c.sizes, c.batch, c.grad, c.threads))
+            hit = _fast[fast] = (c.path, (c.sizes, c.batch, c.grad))
         _used[hit[1]] = None
         return None if hit[0] == "aten" else hit[0]
     if kernels == "native" and native.library() is not None:
@@ -190,7 +197,7 @@ class Choice:
         sizes: the layer sizes ``(n_in, hidden..., n_out)``.
         batch: the batch size class (a power of two) the paths were timed at.
         grad: timed forward and backward (``True``) or forward alone.
-        threads: torch's thread count.
+        threads: torch's thread count when the paths were timed (not part of the decision's key).
         times_ms: the shortest time of each path that was timed, in milliseconds.
         source: ``"measured"`` in this process, ``"cached"`` from an earlier one, or
             ``"only"`` when one path runs here.
@@ -231,7 +238,7 @@ def describe(choice: dict[str, Any]) -> str:
 
 _lock = threading.Lock()
 _fresh = [False]  # remeasure(): measure even where the cache has a decision
-_choices: dict[tuple, Choice] = {}  # this process's decisions, by (sizes, batch class, grad, threads)
+_choices: dict[tuple, Choice] = {}  # this process's decisions, by (sizes, batch class, grad)
 _used: dict[tuple, None] = {}  # the keys looked up since :func:`track`, in order
 _fast: dict[tuple, tuple[str, tuple]] = {}  # select()'s (sizes, batch, grad, threads) -> (path, decision key)
 
@@ -255,20 +262,20 @@ def choose(sizes: tuple[int, ...], batch: int, *, grad: bool = True, threads: in
     same time waits for the first one's result (a file lock), so concurrent workers agree.
     """
     threads = threads or torch.get_num_threads()
-    key = (tuple(int(s) for s in sizes), batch_class(batch), bool(grad), int(threads))
+    key = (tuple(int(s) for s in sizes), batch_class(batch), bool(grad))
     got = _choices.get(key)
     if got is None:
         with _lock:
             got = _choices.get(key)
             if got is None:
-                got = _decide(key)
+                got = _decide(key, int(threads))
                 _choices[key] = got
     _used[key] = None
     return got
 
 
-def _decide(key: tuple) -> Choice:
-    sizes, batch, grad, threads = key
+def _decide(key: tuple, threads: int) -> Choice:
+    sizes, batch, grad = key
     paths = candidates()
     if len(paths) == 1:
         return Choice(paths[0], sizes, batch, grad, threads, {}, "only")
@@ -280,7 +287,9 @@ def _decide(key: tuple) -> Choice:
                 times = {k: float(entry["times_ms"][k]) for k in PATHS
                          if isinstance(entry["times_ms"].get(k), (int, float))}
                 load = entry.get("loadavg")
-                return Choice(entry["path"], sizes, batch, grad, threads, times, "cached",
+                timed = entry.get("threads")
+                return Choice(entry["path"], sizes, batch, grad, int(timed) if isinstance(timed, int) else threads,
+                              times, "cached",
                               float(load) if isinstance(load, (int, float)) else None)
         times = measure(sizes, batch, paths, grad=grad)
         best = min(times, key=times.get)
@@ -377,8 +386,8 @@ def _machine_key() -> str:
 
 
 def _disk_key(key: tuple) -> str:
-    sizes, batch, grad, threads = key
-    return f"{_machine_key()}/float32/{'x'.join(map(str, sizes))}/b{batch}/{'train' if grad else 'infer'}/t{threads}"
+    sizes, batch, grad = key
+    return f"{_machine_key()}/float32/{'x'.join(map(str, sizes))}/b{batch}/{'train' if grad else 'infer'}"
 
 
 @contextlib.contextmanager

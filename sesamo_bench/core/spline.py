@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 
 class RQSpline(nn.Module):
     r"""A learnable monotone rational-quadratic spline h with h(0) = 0 and h(1) = 1.
@@ -101,6 +103,12 @@ def monotonic_rqs(widths: Tensor, heights: Tensor, derivatives: Tensor, *, bound
     from zuko.transforms import MonotonicRQSTransform
 
     return MonotonicRQSTransform(widths, heights, derivatives, bound=bound)
+
+
+def check_bins(bins: int) -> None:
+    """A rational-quadratic spline needs at least two bins (one-line :class:`ConfigError` otherwise)."""
+    if bins < 2:
+        raise ConfigError(f"bins must be >= 2, got {bins}")
 
 
 def rqs_coupling(raw: Tensor, x: Tensor, *, bins: int, bound: float, inverse: bool) -> tuple[Tensor, Tensor]:
