@@ -132,23 +132,32 @@ class ParticleTarget(Target):
         with ``reference_energy_mean``, and the literature's coordinate-space ``coordinate_w2``
         (:func:`coordinate_w2` on :data:`XW2_SAMPLES` configurations of each, for at most
         :data:`XW2_MAX_PERMUTATIONS` permutations of the particles, where the alignment is exact and
-        takes seconds; ``None`` beyond, e.g. LJ-13); ``None`` without reference samples."""
+        takes seconds; ``None`` beyond, e.g. LJ-13); ``None`` without reference samples. Where the
+        target has an exact reference besides approximate reference samples (``exact_reference``,
+        DW-4), also ``energy_w2_exact`` and ``distance_w2_exact`` against it."""
         import math
 
         from . import metrics
 
         ref = self.reference_positions() if hasattr(self, "reference_positions") else None
+        exact = self.exact_reference() if hasattr(self, "exact_reference") else None
         keys = ("energy_w1", "energy_w2", "distance_w1", "distance_w2", "reference_energy_mean", "coordinate_w2")
+        out: dict[str, float | None] = {}
+        if exact is not None:
+            out = dict.fromkeys(("energy_w2_exact", "distance_w2_exact"))
         if ref is None or y is None or y.shape[0] == 0:
-            return dict.fromkeys(keys)
+            return {**dict.fromkeys(keys), **out}
         with torch.no_grad():
             got = {k: v.double().cpu().numpy() for k, v in self.distributions(y.double()).items()}
             want = {k: v.numpy() for k, v in self.distributions(to_reduced(ref)).items()}
-        out: dict[str, float | None] = {}
+            truth = ({k: v.numpy() for k, v in self.distributions(exact.double()).items()}
+                     if exact is not None else None)
         for k in ("energy", "distance"):
             g = got[k][np.isfinite(got[k])]
             out[f"{k}_w1"] = metrics.wasserstein_1d(g, want[k], p=1) if len(g) else None
             out[f"{k}_w2"] = metrics.wasserstein_1d(g, want[k], p=2) if len(g) else None
+            if truth is not None:
+                out[f"{k}_w2_exact"] = metrics.wasserstein_1d(g, truth[k], p=2) if len(g) else None
         out["reference_energy_mean"] = float(want["energy"].mean())
         n, d = self.particles
         fine = torch.isfinite(y).all(1)

@@ -136,7 +136,10 @@ def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16
     The samples come from :meth:`Target.reference_samples` (exact draws or the suite's HMC) with
     their own generator, so the run's random stream is untouched. Returns the metrics
     ``support_missing``, ``support_missing_err`` (binomial), ``support_missing_count`` and
-    ``support_reference_n``; all ``None`` where the target has no reference samples.
+    ``support_reference_n``; all ``None`` where the target has no reference samples. Where the
+    target's reference samples are approximate and it has an exact reference
+    (``exact_reference``, DW-4), also ``support_missing_exact`` and its error over every row of it,
+    and ``exact_reference_n``.
     ``should_stop`` is polled before every chunk (:class:`EvaluationStopped`, as in :func:`evaluate`).
     """
     gen = torch.Generator().manual_seed(10007 * seed + 1)
@@ -157,8 +160,19 @@ def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16
         model.train(was)
     lq = torch.cat(parts)
     mass, err, count = metrics.missing_support(lq)
-    return {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
-            "support_reference_n": int(ref.shape[0])}
+    out = {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
+           "support_reference_n": int(ref.shape[0])}
+    exact = target.exact_reference() if hasattr(target, "exact_reference") else None
+    if exact is not None:  # every row of the exact reference once (no draws with replacement)
+        model.eval()
+        try:
+            lq = torch.cat([model.log_prob(exact[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu()
+                            for i in range(0, exact.shape[0], chunk)])
+        finally:
+            model.train(was)
+        mass, err, _ = metrics.missing_support(lq)
+        out.update(support_missing_exact=mass, support_missing_exact_err=err, exact_reference_n=int(exact.shape[0]))
+    return out
 
 
 def breaking_sign_fn(cfg: RunConfig, model: Method, target: Target,

@@ -189,6 +189,14 @@ class RunRecord(dict):
     unseen_states_ref = Metric(float, json=True)
     state_fractions = Metric(list)
     state_fractions_ref = Metric(list)
+    #: targets whose shipped reference samples are approximate (DW-4's literature files): energy and
+    #: pair-distance W2 and the mass without support measured against the exact reference as well
+    #: (the held-out split of the suite's converged HMC, Target.exact_reference), and its size
+    energy_w2_exact = Metric(float, json=True)
+    distance_w2_exact = Metric(float, json=True)
+    support_missing_exact = Metric(float, json=True)
+    support_missing_exact_err = Metric(float, json=True)
+    exact_reference_n = Metric(int)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, strict: bool = True) -> RunRecord:

@@ -193,7 +193,8 @@ def group_params(run: dict[str, Any]) -> dict[str, Any]:
 _SUMMARISED = (("ess", True), ("log_z", True), ("breaking_ratio", True), ("log_z_err", False),
                ("breaking_ratio_is", True), ("breaking_ratio_is_err", False), ("support_missing", True),
                ("support_missing_err", False), ("energy_w2", True), ("distance_w2", True), ("energy_w1", True),
-               ("distance_w1", True))
+               ("distance_w1", True), ("energy_w2_exact", True), ("distance_w2_exact", True),
+               ("support_missing_exact", True), ("support_missing_exact_err", False))
 
 
 def aggregate(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

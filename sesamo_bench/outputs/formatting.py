@@ -93,7 +93,7 @@ def _table(headers: list[str], rows: list[list[str]], fmt: str, *, title: str | 
         t = Table(*headers, title=title, box=box.SIMPLE_HEAD, title_justify="left")
         for i, h in enumerate(headers):
             if h in ("seeds", "ESS", "ln Z", "ln Z exact", "R", "R IS", "R exact", "no support", "energy W2", "dist W2",
-                     "wall s"):
+                     "energy W2 (HMC)", "dist W2 (HMC)", "no support (HMC)", "wall s"):
                 t.columns[i].justify = "right"
         for row in rows:  # cells are text, not rich markup ("[quick]", "[u1-fourier]" must print)
             t.add_row(*(Text(str(c)) for c in row))
