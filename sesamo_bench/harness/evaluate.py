@@ -112,16 +112,7 @@ def heldout_nll(model: Method, target: Target, *, chunk: int = 4096) -> dict[str
     coordinate, the (n - 1) d Helmert coordinates; the centre-of-mass-free subspace, on which the
     Helmert map is an isometry). Non-finite -ln q (a sample outside the model's support) gives inf."""
     x = target.training_data("test")
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    try:
-        lq = torch.cat([model.log_prob(x[i:i + chunk].to(device=device, dtype=dtype)).double().cpu()
-                        for i in range(0, x.shape[0], chunk)])
-    finally:
-        model.train(was)
-    nll = -lq
+    nll = -_log_q(model, x, chunk).double()
     if not bool(torch.isfinite(nll).all()):
         return {"nll": math.inf, "nll_err": None, "nll_per_dim": math.inf, "nll_n": int(x.shape[0])}
     mean, err = float(nll.mean()), float(nll.std() / math.sqrt(nll.numel()))
@@ -147,32 +138,31 @@ def support(model: Method, target: Target, n: int, *, seed: int, chunk: int = 16
     if ref is None:
         return dict.fromkeys(("support_missing", "support_missing_err", "support_missing_count",
                               "support_reference_n"))
+    mass, err, count = metrics.missing_support(_log_q(model, ref, chunk, should_stop))
+    out = {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
+           "support_reference_n": int(ref.shape[0])}
+    exact = target.exact_reference() if hasattr(target, "exact_reference") else None
+    if exact is not None:  # every row of the exact reference once (no draws with replacement)
+        mass, err, _ = metrics.missing_support(_log_q(model, exact, chunk, should_stop))
+        out.update(support_missing_exact=mass, support_missing_exact_err=err, exact_reference_n=int(exact.shape[0]))
+    return out
+
+
+def _log_q(model: Method, x: Tensor, chunk: int, should_stop: Callable[[], bool] | None = None) -> Tensor:
+    """``model.log_prob`` of the rows of ``x`` in eval mode, ``chunk`` rows at a time (on the CPU);
+    ``should_stop`` is polled before every chunk (:class:`EvaluationStopped`)."""
     p = next(model.parameters())
     was = model.training
     model.eval()
     parts = []
     try:
-        for i in range(0, ref.shape[0], chunk):
+        for i in range(0, x.shape[0], chunk):
             if should_stop is not None and should_stop():
                 raise EvaluationStopped()
-            parts.append(model.log_prob(ref[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu())
+            parts.append(model.log_prob(x[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu())
     finally:
         model.train(was)
-    lq = torch.cat(parts)
-    mass, err, count = metrics.missing_support(lq)
-    out = {"support_missing": mass, "support_missing_err": err, "support_missing_count": count,
-           "support_reference_n": int(ref.shape[0])}
-    exact = target.exact_reference() if hasattr(target, "exact_reference") else None
-    if exact is not None:  # every row of the exact reference once (no draws with replacement)
-        model.eval()
-        try:
-            lq = torch.cat([model.log_prob(exact[i:i + chunk].to(device=p.device, dtype=p.dtype)).cpu()
-                            for i in range(0, exact.shape[0], chunk)])
-        finally:
-            model.train(was)
-        mass, err, _ = metrics.missing_support(lq)
-        out.update(support_missing_exact=mass, support_missing_exact_err=err, exact_reference_n=int(exact.shape[0]))
-    return out
+    return torch.cat(parts)
 
 
 def breaking_sign_fn(cfg: RunConfig, model: Method, target: Target,
