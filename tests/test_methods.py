@@ -109,8 +109,7 @@ def _inside_cases() -> list[tuple]:
     contain the prior mean, e.g. not the Z_M wedges with M > 2); the others are tested for
     normalisation only."""
     out = []
-    gen = torch.random.fork_rng()  # the selection draws from its own seed, whatever ran before
-    with gen:
+    with torch.random.fork_rng():  # the selection draws from its own seed, whatever ran before
         torch.manual_seed(0)
         for case in CASES:
             if case[1] is None:  # no symmetry, no cell

@@ -31,8 +31,8 @@ on it takes the same path (a run's numbers do not depend on timing noise). The t
 part of the key: the native kernels sum in an order fixed by the batch alone (and the plain and
 oneDNN paths gave the same numbers with one and two threads in ``tests/test_cluster.py``), so a
 seed gives the same numbers with any number of threads on one machine, which a per-thread-count
-decision would break (a job with one thread and a local run with two would take different paths). A decision records
-the thread count it was timed with. Another machine may decide differently, and the float32
+decision would break (a job with one thread and a local run with two would take different
+paths). A decision records the thread count it was timed with. Another machine may decide differently, and the float32
 rounding of the paths differs: pin ``kernels=`` where numbers must agree bit for bit across
 machines.
 A decision timed on a busy machine can be noisy: ``sesamo-bench perf`` times every shape it runs
